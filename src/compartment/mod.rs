@@ -1,0 +1,3 @@
+//! The Patient compartment: which resources belong to which patient (R4 definition).
+
+pub mod definition;

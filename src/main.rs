@@ -1,0 +1,3 @@
+//! The `smartgate` command line.
+
+fn main() {}
