@@ -31,6 +31,7 @@ pub mod authenticate;
 pub mod authorize;
 pub mod classify;
 pub mod compartment;
+pub mod duration;
 pub mod fhir;
 pub mod pct;
 pub mod scope;
