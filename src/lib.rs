@@ -27,11 +27,19 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs)]
 
+pub mod audit;
 pub mod authenticate;
 pub mod authorize;
+pub mod body;
 pub mod classify;
 pub mod compartment;
+pub mod config;
 pub mod duration;
 pub mod fhir;
+pub mod forward;
+pub mod listen;
+pub mod metrics;
+pub mod net;
+pub mod outcome;
 pub mod pct;
 pub mod scope;

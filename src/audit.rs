@@ -1,0 +1,130 @@
+//! Stage 7, **audit**: one JSON line per request saying who asked for what, what was
+//! decided and why. The `Authorization` header and the token never appear here; query
+//! values (they can carry PHI) only when `audit.log_query_values` is on.
+
+use std::io::Write;
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+/// One audit line.
+#[derive(Debug, Default, Serialize)]
+pub struct Record {
+    /// RFC 3339 UTC time the request arrived.
+    pub time: String,
+    /// `X-Request-Id` (accepted or generated).
+    pub request_id: String,
+    /// The caller's client, user and launch context (absent before authentication).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// `sub`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    /// `fhirUser`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fhir_user: Option<String>,
+    /// Launch patient.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patient: Option<String>,
+    /// HTTP method.
+    pub method: String,
+    /// Path (query values only when configured).
+    pub path: String,
+    /// Classified interaction.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interaction: Option<String>,
+    /// Resource type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource_type: Option<String>,
+    /// `allow`, `narrow`, `filter`, `deny`, `unauthenticated`, `invalid`, `error`, `public`.
+    pub decision: &'static str,
+    /// Machine-readable reason code.
+    pub reason: String,
+    /// Human detail (which scope, which rule, what was ignored).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+    /// The scope that allowed the request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// Entries removed by response filtering.
+    pub removed: usize,
+    /// Status sent to the client.
+    pub status: u16,
+    /// Status the upstream answered, when it was asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_status: Option<u16>,
+    /// Milliseconds from arrival to response head.
+    pub latency_ms: f64,
+}
+
+/// Where audit lines go.
+pub struct AuditLog {
+    out: Mutex<Box<dyn Write + Send>>,
+    /// Whether query values may be logged.
+    pub log_query_values: bool,
+}
+
+impl AuditLog {
+    /// `output`: `None`/`"stdout"` or a file path (appended).
+    pub fn open(output: Option<&str>, log_query_values: bool) -> std::io::Result<AuditLog> {
+        let out: Box<dyn Write + Send> = match output {
+            None | Some("stdout") | Some("-") => Box::new(std::io::stdout()),
+            Some(path) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ),
+        };
+        Ok(AuditLog {
+            out: Mutex::new(out),
+            log_query_values,
+        })
+    }
+
+    /// Writes one line. A failing audit sink is reported on stderr, never fatal to the
+    /// request that has already been answered.
+    pub fn write(&self, record: &Record) {
+        let Ok(mut line) = serde_json::to_vec(record) else {
+            return;
+        };
+        line.push(b'\n');
+        if let Ok(mut out) = self.out.lock()
+            && let Err(e) = out.write_all(&line)
+        {
+            tracing::error!(error = %e, "audit write failed");
+        }
+    }
+
+    /// The path as it may be logged: the query's values are replaced by `*` unless
+    /// configured otherwise.
+    pub fn loggable_path(&self, path: &str, query: Option<&str>) -> String {
+        match query {
+            None => path.to_owned(),
+            Some(q) if self.log_query_values => format!("{path}?{q}"),
+            Some(q) => {
+                let names: Vec<&str> = q
+                    .split('&')
+                    .map(|kv| kv.split_once('=').map_or(kv, |(k, _)| k))
+                    .collect();
+                format!("{path}?{}", names.join("=*&") + "=*")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_hidden_by_default() {
+        let log = AuditLog::open(None, false).unwrap();
+        assert_eq!(
+            log.loggable_path("/fhir/Patient", Some("name=Smith&birthdate=1970")),
+            "/fhir/Patient?name=*&birthdate=*"
+        );
+        let log = AuditLog::open(None, true).unwrap();
+        assert_eq!(log.loggable_path("/p", Some("a=1")), "/p?a=1");
+    }
+}

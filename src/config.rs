@@ -1,0 +1,527 @@
+//! The YAML configuration. Key names are a public interface (see `smartgate.example.yaml`).
+//!
+//! Loading is two steps: serde (unknown keys and wrong types are errors that carry the
+//! YAML line and column), then [`Config::validate`], which collects *every* semantic
+//! problem at once so that `smartgate check` can list them all as `file:line:col: message`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::authenticate::AuthConfig;
+use crate::duration::HumanDuration;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where apps connect.
+    pub listen: SocketAddr,
+    /// `/healthz`, `/readyz`, `/metrics`: never on the public port.
+    pub admin_listen: SocketAddr,
+    /// The FHIR base apps see: token audience, link rewriting, discovery.
+    pub public_base_url: String,
+    /// The existing FHIR server.
+    pub upstream: UpstreamConfig,
+    /// Token checking.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// SMART discovery served for the upstream.
+    #[serde(default)]
+    pub smart: Option<SmartConfig>,
+    /// Policy files (Policies issue).
+    #[serde(default)]
+    pub policies: Vec<PathBuf>,
+    /// Patient-compartment choices the specification leaves open.
+    #[serde(default)]
+    pub compartment: CompartmentConfig,
+    /// Binding of paging links to the token that started the search.
+    #[serde(default)]
+    pub paging: PagingConfig,
+    /// Resource limits of the public listener.
+    #[serde(default)]
+    pub limits: Limits,
+    /// The audit trail.
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// Graceful shutdown.
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+}
+
+/// `upstream:`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// The FHIR server's base URL.
+    pub url: String,
+    /// Whole-request deadline towards the upstream (headers received): 504 after it.
+    #[serde(default = "default_upstream_timeout")]
+    pub timeout: HumanDuration,
+    /// TCP connect deadline: 502 after it.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: HumanDuration,
+    /// Idle pooled connections are closed after this.
+    #[serde(default = "default_pool_idle")]
+    pub pool_idle_timeout: HumanDuration,
+    /// Credentials the proxy presents upstream (the app's token never is).
+    #[serde(default)]
+    pub auth: UpstreamAuth,
+    /// Extra CA bundle (PEM) for an upstream with a private CA.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// How the proxy authenticates to an upstream that has its own auth.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case", tag = "type")]
+pub enum UpstreamAuth {
+    /// Send no credentials (the default).
+    #[default]
+    None,
+    /// `Authorization: Bearer <file contents>`.
+    Bearer {
+        /// File holding the token.
+        token_file: PathBuf,
+    },
+    /// `Authorization: Basic …`.
+    Basic {
+        /// User name.
+        username: String,
+        /// File holding the password.
+        password_file: PathBuf,
+    },
+}
+
+/// `smart:` — the SMART configuration document served at `.well-known/smart-configuration`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmartConfig {
+    /// OAuth authorize endpoint (needed for app launches).
+    #[serde(default)]
+    pub authorization_endpoint: Option<String>,
+    /// OAuth token endpoint (required).
+    pub token_endpoint: String,
+    /// `issuer` (with `sso-openid-connect`).
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// `jwks_uri` (with `sso-openid-connect`).
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// RFC 7662 endpoint, advertised for resource servers.
+    #[serde(default)]
+    pub introspection_endpoint: Option<String>,
+    /// RFC 7009 endpoint.
+    #[serde(default)]
+    pub revocation_endpoint: Option<String>,
+    /// SMART capabilities.
+    #[serde(default = "default_capabilities")]
+    pub capabilities: Vec<String>,
+    /// Grant types.
+    #[serde(default = "default_grant_types")]
+    pub grant_types_supported: Vec<String>,
+    /// Scopes advertised.
+    #[serde(default)]
+    pub scopes_supported: Vec<String>,
+}
+
+/// `compartment:`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompartmentConfig {
+    /// Also count actor parameters (Observation `performer`, `author`, …) as membership,
+    /// as the official definition does. Off by default: see `compartment::definition`.
+    #[serde(default)]
+    pub actor_membership: bool,
+    /// Non-member types (Practitioner, Medication, …) under patient/ scopes.
+    #[serde(default)]
+    pub non_member_types: NonMemberTypes,
+}
+
+/// What patient/ scopes allow on types outside the Patient compartment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NonMemberTypes {
+    /// Readable when the type is granted (patient apps need Practitioner, Medication, …).
+    #[default]
+    WhenGranted,
+    /// Never.
+    Deny,
+}
+
+/// `paging:`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PagingConfig {
+    /// File with the HMAC key binding paging links to a token (share it across replicas).
+    /// Without one a random key is made at start, so links only work on this replica.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+}
+
+/// `limits:`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request head (request line + headers).
+    pub max_header_bytes: usize,
+    /// Largest request body forwarded (413 above).
+    pub max_body_bytes: u64,
+    /// Largest body read into memory to check or filter (request or response): 413/502 above.
+    pub max_inspect_bytes: usize,
+    /// Concurrent client connections; further ones wait in the accept queue.
+    pub max_connections: usize,
+    /// Time a client has to send a request head, also between keep-alive requests
+    /// (slowloris, idle connections).
+    pub header_read_timeout: HumanDuration,
+    /// HTTP/2 concurrent streams per connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 16 * 1024,
+            max_body_bytes: 256 * 1024 * 1024,
+            max_inspect_bytes: 64 * 1024 * 1024,
+            max_connections: 4096,
+            header_read_timeout: HumanDuration(std::time::Duration::from_secs(10)),
+            max_concurrent_streams: 128,
+        }
+    }
+}
+
+/// `audit:`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Where audit lines go: `stdout` (default) or a file path (appended).
+    #[serde(default)]
+    pub output: Option<String>,
+    /// Log query values (they can contain PHI). Off by default.
+    #[serde(default)]
+    pub log_query_values: bool,
+}
+
+/// `shutdown:`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+    #[serde(default = "default_grace")]
+    pub grace: HumanDuration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            grace: default_grace(),
+        }
+    }
+}
+
+fn secs(n: u64) -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(n))
+}
+fn default_upstream_timeout() -> HumanDuration {
+    secs(30)
+}
+fn default_connect_timeout() -> HumanDuration {
+    secs(5)
+}
+fn default_pool_idle() -> HumanDuration {
+    secs(90)
+}
+fn default_grace() -> HumanDuration {
+    secs(30)
+}
+fn default_capabilities() -> Vec<String> {
+    [
+        "launch-standalone",
+        "launch-ehr",
+        "client-public",
+        "client-confidential-symmetric",
+        "context-standalone-patient",
+        "context-ehr-patient",
+        "permission-patient",
+        "permission-user",
+        "permission-v1",
+        "permission-v2",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+fn default_grant_types() -> Vec<String> {
+    vec!["authorization_code".into(), "client_credentials".into()]
+}
+
+/// One problem in a configuration file, located where possible.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line, 0 when unknown.
+    pub line: u64,
+    /// 1-based column, 0 when unknown.
+    pub column: u64,
+    /// What is wrong, naming the key.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates `path`; every problem found is returned.
+    pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            vec![ConfigError {
+                file: path.to_owned(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read: {e}"),
+            }]
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates configuration text (`path` is only used in messages).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, Vec<ConfigError>> {
+        let config: Config = serde_saphyr::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((0, 0));
+            vec![ConfigError {
+                file: path.to_owned(),
+                line,
+                column,
+                message: first_line(&e.without_snippet().to_string()),
+            }]
+        })?;
+        let problems = config.validate();
+        if problems.is_empty() {
+            return Ok(config);
+        }
+        Err(problems
+            .into_iter()
+            .map(|(key, message)| {
+                let (line, column) = locate(text, &key);
+                ConfigError {
+                    file: path.to_owned(),
+                    line,
+                    column,
+                    message: format!("{key}: {message}"),
+                }
+            })
+            .collect())
+    }
+
+    /// Semantic checks serde cannot do: `(dotted key, message)` for each problem.
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if let Err(e) = parse_base_url(&self.public_base_url) {
+            out.push(("public_base_url".into(), e));
+        }
+        if let Err(e) = parse_base_url(&self.upstream.url) {
+            out.push(("upstream.url".into(), e));
+        }
+        if self.listen == self.admin_listen {
+            out.push((
+                "admin_listen".into(),
+                "must differ from listen: health and metrics never share the public port".into(),
+            ));
+        }
+        if self.limits.max_connections == 0 {
+            out.push(("limits.max_connections".into(), "must be at least 1".into()));
+        }
+        for (key, problem) in self.auth.validate() {
+            out.push((format!("auth.{key}"), problem));
+        }
+        if let Some(smart) = &self.smart {
+            let urls = [
+                ("token_endpoint", Some(&smart.token_endpoint)),
+                (
+                    "authorization_endpoint",
+                    smart.authorization_endpoint.as_ref(),
+                ),
+                ("issuer", smart.issuer.as_ref()),
+                ("jwks_uri", smart.jwks_uri.as_ref()),
+                (
+                    "introspection_endpoint",
+                    smart.introspection_endpoint.as_ref(),
+                ),
+                ("revocation_endpoint", smart.revocation_endpoint.as_ref()),
+            ];
+            for (key, url) in urls {
+                if let Some(url) = url
+                    && !is_absolute_http_url(url)
+                {
+                    out.push((
+                        format!("smart.{key}"),
+                        "must be an absolute http(s) URL".into(),
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or(s).to_owned()
+}
+
+/// A base URL split into what the proxy needs: scheme+authority and the path prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseUrl {
+    /// `http://host:port`
+    pub origin: String,
+    /// The path, without a trailing slash (`/fhir`, or empty for the root).
+    pub path: String,
+}
+
+impl BaseUrl {
+    /// The full base, `origin + path`.
+    pub fn full(&self) -> String {
+        format!("{}{}", self.origin, self.path)
+    }
+}
+
+/// Parses an absolute `http(s)://authority/path` base URL without query or fragment.
+pub fn parse_base_url(url: &str) -> Result<BaseUrl, String> {
+    if !is_absolute_http_url(url) {
+        return Err(format!("`{url}` must be an absolute http(s) URL"));
+    }
+    if url.contains(['?', '#']) {
+        return Err(format!("`{url}` must not have a query or fragment"));
+    }
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("`{url}` is not a valid URL: {e}"))?;
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return Err(format!("`{url}` must have a scheme and a host"));
+    };
+    Ok(BaseUrl {
+        origin: format!("{scheme}://{authority}"),
+        path: uri.path().trim_end_matches('/').to_owned(),
+    })
+}
+
+fn is_absolute_http_url(url: &str) -> bool {
+    (url.starts_with("http://") || url.starts_with("https://")) && url.len() > "https://".len()
+}
+
+/// Finds the line and column of a dotted key (`upstream.url`) in YAML text by following
+/// indentation; (0, 0) when it cannot be found. Good enough for messages, never trusted.
+fn locate(text: &str, dotted: &str) -> (u64, u64) {
+    let mut parent_indent: Option<usize> = None;
+    let mut found = (0, 0);
+    let mut lines = text.lines().enumerate();
+    for key in dotted.split('.') {
+        let mut hit = None;
+        for (no, line) in lines.by_ref() {
+            let indent = line.len() - line.trim_start().len();
+            let trimmed = line.trim_start();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            if let Some(p) = parent_indent
+                && indent <= p
+            {
+                break;
+            }
+            if trimmed.starts_with(&format!("{key}:")) {
+                hit = Some((no, indent));
+                break;
+            }
+        }
+        match hit {
+            Some((no, indent)) => {
+                found = (no as u64 + 1, indent as u64 + 1);
+                parent_indent = Some(indent);
+            }
+            None => return found,
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "listen: 127.0.0.1:8443\nadmin_listen: 127.0.0.1:9464\npublic_base_url: http://127.0.0.1:8443/fhir\nupstream:\n  url: http://127.0.0.1:8103/fhir\n  timeout: 30s\n";
+
+    #[test]
+    fn minimal_config_loads() {
+        let c = Config::parse(MINIMAL, Path::new("c.yaml")).unwrap();
+        assert_eq!(c.upstream.timeout.0.as_secs(), 30);
+        assert_eq!(parse_base_url(&c.upstream.url).unwrap().path, "/fhir");
+    }
+
+    #[test]
+    fn unknown_key_is_located() {
+        let text = format!("{MINIMAL}  tiemout: 5s\n");
+        let errs = Config::parse(&text, Path::new("c.yaml")).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].line, 7, "{}", errs[0]);
+        assert!(errs[0].to_string().starts_with("c.yaml:7:"), "{}", errs[0]);
+        assert!(errs[0].message.contains("tiemout"), "{}", errs[0]);
+    }
+
+    #[test]
+    fn bad_duration_names_the_problem() {
+        let text = MINIMAL.replace("30s", "30 parsecs");
+        let errs = Config::parse(&text, Path::new("c.yaml")).unwrap_err();
+        assert_eq!(errs[0].line, 6, "{}", errs[0]);
+        assert!(errs[0].message.contains("unit"), "{}", errs[0]);
+    }
+
+    #[test]
+    fn semantic_problems_are_all_reported_with_lines() {
+        let text = MINIMAL
+            .replace("http://127.0.0.1:8103/fhir", "ftp://x")
+            .replace(
+                "admin_listen: 127.0.0.1:9464",
+                "admin_listen: 127.0.0.1:8443",
+            );
+        let errs = Config::parse(&text, Path::new("c.yaml")).unwrap_err();
+        let shown: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert!(
+            shown.contains(
+                &"c.yaml:5:3: upstream.url: `ftp://x` must be an absolute http(s) URL".to_owned()
+            ),
+            "{shown:?}"
+        );
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.starts_with("c.yaml:2:1: admin_listen")),
+            "{shown:?}"
+        );
+    }
+
+    #[test]
+    fn base_urls() {
+        assert_eq!(parse_base_url("http://h:1/").unwrap().path, "");
+        assert_eq!(
+            parse_base_url("https://h/a/b/").unwrap().full(),
+            "https://h/a/b"
+        );
+        assert!(parse_base_url("http://h/x?y").is_err());
+        assert!(parse_base_url("/fhir").is_err());
+    }
+}

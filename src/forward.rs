@@ -1,0 +1,257 @@
+//! Stage 4, **forward**: build the upstream request from what was authorized, send it on
+//! a pooled connection, and map transport failures to 502/504.
+//!
+//! Header hygiene lives here because it is the one place that decides what crosses the
+//! boundary: hop-by-hop headers, the app's `Authorization`, cookies and client-sent
+//! `X-Forwarded-*`/`Forwarded` never go upstream; the proxy sets its own.
+
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, Uri, Version};
+
+use crate::body::ProxyBody;
+use crate::config::BaseUrl;
+use crate::net::HttpClient;
+
+/// Headers that describe one hop, never the message (RFC 9110 §7.6.1), plus the ones
+/// the proxy owns.
+const STRIPPED_REQUEST: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "authorization",
+    "cookie",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-real-ip",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "content-length",
+];
+
+const STRIPPED_RESPONSE: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "set-cookie",
+];
+
+/// Where the request came from, for `X-Forwarded-*`.
+#[derive(Clone, Debug)]
+pub struct ClientInfo {
+    /// The peer address.
+    pub peer: std::net::SocketAddr,
+    /// `http` or `https` as the client connected.
+    pub proto: &'static str,
+    /// The `Host` the client used, if any.
+    pub host: Option<HeaderValue>,
+}
+
+/// The upstream FHIR server: its base, the pooled client, and the credentials to present.
+pub struct Upstream {
+    base: BaseUrl,
+    client: HttpClient,
+    timeout: Duration,
+    credentials: Option<HeaderValue>,
+}
+
+/// Why the upstream could not answer.
+#[derive(Debug)]
+pub enum UpstreamError {
+    /// Connection refused, reset, DNS, TLS: 502.
+    Unavailable(String),
+    /// No response head within `upstream.timeout`: 504.
+    Timeout,
+    /// The request could not be built (a bug or an unencodable target): 500.
+    BadRequest(String),
+}
+
+impl Upstream {
+    /// `credentials` is a complete `Authorization` value from `upstream.auth`, if any.
+    pub fn new(
+        base: BaseUrl,
+        client: HttpClient,
+        timeout: Duration,
+        credentials: Option<HeaderValue>,
+    ) -> Self {
+        Upstream {
+            base,
+            client,
+            timeout,
+            credentials,
+        }
+    }
+
+    /// The upstream's base URL (for link rewriting and reference resolution).
+    pub fn base(&self) -> &BaseUrl {
+        &self.base
+    }
+
+    /// The absolute upstream URI for a target relative to the FHIR base
+    /// (`Patient/1?x=y`, or empty for the base itself).
+    pub fn uri(&self, target: &str) -> Result<Uri, UpstreamError> {
+        let sep = if target.is_empty() || target.starts_with('?') {
+            ""
+        } else {
+            "/"
+        };
+        format!("{}{}{sep}{target}", self.base.origin, self.base.path)
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| UpstreamError::BadRequest(e.to_string()))
+    }
+
+    /// Builds the upstream request: method, target, cleaned headers, proxy headers.
+    pub fn request(
+        &self,
+        method: Method,
+        target: &str,
+        inbound: &HeaderMap,
+        client: &ClientInfo,
+        request_id: &HeaderValue,
+        body: ProxyBody,
+    ) -> Result<Request<ProxyBody>, UpstreamError> {
+        let mut req = Request::new(body);
+        *req.method_mut() = method;
+        *req.uri_mut() = self.uri(target)?;
+        // An HTTP/2 client must not turn into an HTTP/2 request to an HTTP/1.1 upstream.
+        *req.version_mut() = Version::HTTP_11;
+        let headers = req.headers_mut();
+        copy_end_to_end(inbound, headers, STRIPPED_REQUEST);
+        headers.insert(
+            HeaderName::from_static("x-forwarded-for"),
+            HeaderValue::from_str(&client.peer.ip().to_string())
+                .map_err(|e| UpstreamError::BadRequest(e.to_string()))?,
+        );
+        headers.insert(
+            HeaderName::from_static("x-forwarded-proto"),
+            HeaderValue::from_static(client.proto),
+        );
+        if let Some(host) = &client.host {
+            headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+        }
+        headers.insert(HeaderName::from_static("x-request-id"), request_id.clone());
+        if let Some(cred) = &self.credentials {
+            headers.insert(header::AUTHORIZATION, cred.clone());
+        }
+        Ok(req)
+    }
+
+    /// Sends `req`; the response head must arrive within the configured timeout. The body
+    /// streams afterwards.
+    pub async fn send(
+        &self,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<hyper::body::Incoming>, UpstreamError> {
+        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Err(_) => Err(UpstreamError::Timeout),
+            Ok(Err(e)) => {
+                if is_timeout(&e) {
+                    Err(UpstreamError::Timeout)
+                } else {
+                    Err(UpstreamError::Unavailable(e.to_string()))
+                }
+            }
+            Ok(Ok(resp)) => Ok(resp),
+        }
+    }
+}
+
+fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Copies headers except the stripped ones and any named in `Connection`.
+fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap, stripped: &[&str]) {
+    let named_by_connection: Vec<String> = from
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .collect();
+    for (name, value) in from {
+        let n = name.as_str();
+        if stripped.contains(&n) || named_by_connection.iter().any(|c| c == n) {
+            continue;
+        }
+        to.append(name.clone(), value.clone());
+    }
+}
+
+/// Response headers that may go back to the client: hop-by-hop and cookies removed,
+/// `Location`/`Content-Location` moved from the upstream base to the public one.
+pub fn response_headers(from: &HeaderMap, upstream_base: &str, public_base: &str) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(from.len());
+    copy_end_to_end(from, &mut out, STRIPPED_RESPONSE);
+    for name in [header::LOCATION, header::CONTENT_LOCATION] {
+        if let Some(v) = out.get(&name).and_then(|v| v.to_str().ok())
+            && let Some(rest) = v.strip_prefix(upstream_base)
+            && let Ok(new) = HeaderValue::from_str(&format!("{public_base}{rest}"))
+        {
+            out.insert(name, new);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_credentials_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", HeaderValue::from_static("Bearer secret"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-custom"),
+        );
+        h.insert("x-custom", HeaderValue::from_static("1"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.insert("accept", HeaderValue::from_static("application/fhir+json"));
+        h.insert("cookie", HeaderValue::from_static("s=1"));
+        let mut out = HeaderMap::new();
+        copy_end_to_end(&h, &mut out, STRIPPED_REQUEST);
+        assert_eq!(out.len(), 1);
+        assert!(out.contains_key("accept"));
+    }
+
+    #[test]
+    fn location_is_rewritten() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "location",
+            HeaderValue::from_static("http://up:8080/fhir/Patient/1/_history/2"),
+        );
+        h.insert("set-cookie", HeaderValue::from_static("x=1"));
+        let out = response_headers(&h, "http://up:8080/fhir", "https://gw/fhir");
+        assert_eq!(out["location"], "https://gw/fhir/Patient/1/_history/2");
+        assert!(!out.contains_key("set-cookie"));
+    }
+}
