@@ -27,6 +27,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod audit;
 pub mod authenticate;
 pub mod authorize;
@@ -41,5 +42,7 @@ pub mod listen;
 pub mod metrics;
 pub mod net;
 pub mod outcome;
+pub mod paging;
+pub mod proxy;
 pub mod pct;
 pub mod scope;

@@ -1,0 +1,1041 @@
+//! The request pipeline: one method per phase, called in order by [`Gateway::handle`].
+//!
+//! ```text
+//! route ─► public endpoints (metadata, smart-configuration, CORS preflight)
+//!   └─► authenticate ─► classify ─► authorize ─► write checks ─► forward ─► filter
+//!                                                                       └─► audit + metrics
+//! ```
+//!
+//! Each phase either hands its typed result to the next or ends the request with a FHIR
+//! OperationOutcome; nothing later can widen what an earlier phase decided. The pure
+//! decisions live in `classify`, `authorize` and `filter`; this module does the I/O
+//! around them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::Value;
+
+use crate::audit::{AuditLog, Record};
+use crate::authenticate::{Authenticator, Grant};
+use crate::authorize::{self, Decision, Outcome, Plan, ResponseRule, Rules, View};
+use crate::body::{self, ProxyBody};
+use crate::classify::{self, ClassifyError, FhirRequest, Interaction, RawRequest};
+use crate::compartment::membership;
+use crate::config::{BaseUrl, Config};
+use crate::filter::{self, FilterContext, FilterError, Visibility};
+use crate::forward::{self, ClientInfo, Upstream, UpstreamError};
+use crate::listen::Handler;
+use crate::metrics::{Metrics, RequestLabels, status_class};
+use crate::outcome;
+use crate::paging::PagingKey;
+use crate::scope::{Context, Letter};
+
+/// Everything the pipeline needs, built once at start-up and shared by all requests.
+pub struct Gateway {
+    /// The public FHIR base (`public_base_url`).
+    pub public: BaseUrl,
+    /// The upstream FHIR server.
+    pub upstream: Upstream,
+    /// Token checking.
+    pub auth: Arc<Authenticator>,
+    /// Authorization rules (operation allow-list, non-member types).
+    pub rules: Rules,
+    /// Response-filter facts.
+    pub filter: FilterContext,
+    /// Binds paging links to the token that started a search.
+    pub paging: PagingKey,
+    /// The audit trail.
+    pub audit: AuditLog,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The SMART configuration document, pre-rendered (None when not configured).
+    pub smart_configuration: Option<Bytes>,
+    /// Largest body read into memory for checks or filtering.
+    pub max_inspect_bytes: usize,
+    /// Largest request body forwarded.
+    pub max_body_bytes: u64,
+}
+
+/// What a phase that ends the request hands back: the response and the audit facts.
+struct Early {
+    status: StatusCode,
+    issue: &'static str,
+    message: String,
+    decision: &'static str,
+    reason: String,
+    www_authenticate: Option<String>,
+}
+
+impl Early {
+    fn new(status: StatusCode, issue: &'static str, message: impl Into<String>) -> Self {
+        Early {
+            status,
+            issue,
+            message: message.into(),
+            decision: "deny",
+            reason: String::new(),
+            www_authenticate: None,
+        }
+    }
+
+    fn decision(mut self, decision: &'static str, reason: impl Into<String>) -> Self {
+        self.decision = decision;
+        self.reason = reason.into();
+        self
+    }
+}
+
+type Phase<T> = Result<T, Early>;
+
+/// The path of a request relative to the FHIR base.
+enum Route<'a> {
+    /// Not under the public base at all.
+    Outside,
+    /// `[base]/…`, raw (still percent-encoded), without the leading `/`.
+    Fhir(&'a str),
+}
+
+impl Handler for Gateway {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        let started = Instant::now();
+        self.metrics.in_flight.inc();
+        let request_id = request_id(req.headers());
+        let mut rec = Record {
+            time: now_rfc3339(),
+            request_id: request_id.to_str().unwrap_or_default().to_owned(),
+            method: req.method().to_string(),
+            path: self.audit.loggable_path(req.uri().path(), req.uri().query()),
+            ..Record::default()
+        };
+        let mut resp = match self.run(req, peer, &request_id, &mut rec).await {
+            Ok(resp) => resp,
+            Err(early) => self.early_response(early, &mut rec),
+        };
+        resp.headers_mut()
+            .insert(header::HeaderName::from_static("x-request-id"), request_id);
+        rec.status = resp.status().as_u16();
+        let elapsed = started.elapsed();
+        rec.latency_ms = elapsed.as_secs_f64() * 1000.0;
+        self.metrics.latency.observe(elapsed.as_secs_f64());
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                decision: rec.decision,
+                interaction: rec.interaction.as_deref().map_or("none", interaction_label),
+                status_class: status_class(rec.status),
+            })
+            .inc();
+        self.metrics.in_flight.dec();
+        self.audit.write(&rec);
+        resp
+    }
+}
+
+impl Gateway {
+    fn early_response(&self, early: Early, rec: &mut Record) -> Response<ProxyBody> {
+        rec.decision = early.decision;
+        rec.reason = early.reason;
+        if rec.detail.is_empty() {
+            rec.detail = early.message.clone();
+        }
+        let mut resp = outcome::response(early.status, early.issue, &early.message);
+        if let Some(w) = early
+            .www_authenticate
+            .and_then(|w| HeaderValue::from_str(&w).ok())
+        {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, w);
+        }
+        resp
+    }
+
+    /// Runs the phases in order.
+    async fn run(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        request_id: &HeaderValue,
+        rec: &mut Record,
+    ) -> Phase<Response<ProxyBody>> {
+        let (parts, incoming) = req.into_parts();
+        let path = parts.uri.path().to_owned();
+        let query = parts.uri.query().map(str::to_owned);
+        let rel = match self.route(&path) {
+            Route::Outside => {
+                return Err(Early::new(StatusCode::NOT_FOUND, "not-found", "not a FHIR endpoint of this server")
+                    .decision("invalid", "outside-base"));
+            }
+            Route::Fhir(rel) => rel.to_owned(),
+        };
+        let client = ClientInfo {
+            peer,
+            proto: "http",
+            host: parts.headers.get(header::HOST).cloned(),
+        };
+
+        if let Some(resp) = self.public_endpoint(&parts.method, &rel, &parts.headers, &client, request_id, rec).await? {
+            return Ok(resp);
+        }
+
+        let grant = self.authenticate(&parts.headers, query.as_deref(), rec).await?;
+        let mut body = ReqBody::Streaming(incoming);
+
+        // POST to the base (batch/transaction) and POST …/_search need their body to be
+        // classified; every other body keeps streaming unless a write check needs it.
+        let needs_body = parts.method == Method::POST
+            && (rel.is_empty() || rel == "_search" || rel.ends_with("/_search"));
+        let bytes = if needs_body {
+            Some(body.bytes(self.max_inspect_bytes).await?)
+        } else {
+            None
+        };
+        let raw = RawRequest {
+            method: &parts.method,
+            path: &rel,
+            query: query.as_deref(),
+            headers: &parts.headers,
+            body: bytes.as_deref(),
+        };
+        let fhir = classify::classify(&raw).map_err(|e| classify_error(e, rec))?;
+        rec.interaction = Some(interaction_name(fhir.interaction).to_owned());
+        rec.resource_type = fhir.resource_type.map(|t| t.name().to_owned());
+
+        if matches!(fhir.interaction, Interaction::Batch | Interaction::Transaction) {
+            let bytes = bytes.unwrap_or_default();
+            return self
+                .bundle(&parts.headers, fhir.interaction, &bytes, &grant, &client, request_id, rec)
+                .await;
+        }
+
+        // A signed paging link continues a search this token already had authorized.
+        if let Some(view) = self.paging.verify(&rel, query.as_deref(), &grant) {
+            rec.decision = "filter";
+            rec.reason = "paging-link".into();
+            let target = self.paging.strip(&rel, query.as_deref());
+            let up = self
+                .upstream
+                .request(Method::GET, &target, &filter_headers(&parts.headers), &client, request_id, body::empty())
+                .map_err(upstream_error)?;
+            return self.respond(up, &ResponseRule::Filter(view), None, &grant, rec).await;
+        }
+
+        let decision = authorize::authorize(&grant, &fhir, &self.rules);
+        let plan = self.decided(decision, rec)?;
+        self.forward_plan(&parts.method, &parts.headers, plan, body, &grant, &client, request_id, rec)
+            .await
+    }
+
+    /// Phase 0: which part of the URL space the request is in.
+    fn route<'a>(&self, path: &'a str) -> Route<'a> {
+        let base = self.public.path.as_str();
+        match path.strip_prefix(base) {
+            Some("") | Some("/") => Route::Fhir(""),
+            Some(rest) if rest.starts_with('/') => Route::Fhir(&rest[1..]),
+            _ => Route::Outside,
+        }
+    }
+
+    /// Phase 0b: the only unauthenticated paths: `metadata`, the SMART configuration and
+    /// CORS preflight. `Ok(None)` means "not public: go on".
+    async fn public_endpoint(
+        &self,
+        method: &Method,
+        rel: &str,
+        headers: &HeaderMap,
+        client: &ClientInfo,
+        request_id: &HeaderValue,
+        rec: &mut Record,
+    ) -> Phase<Option<Response<ProxyBody>>> {
+        let get = method == Method::GET || method == Method::HEAD;
+        if get && rel == ".well-known/smart-configuration" {
+            rec.decision = "public";
+            rec.reason = "smart-configuration".into();
+            let Some(doc) = &self.smart_configuration else {
+                return Err(Early::new(StatusCode::NOT_FOUND, "not-found", "SMART configuration is not configured")
+                    .decision("public", "smart-configuration"));
+            };
+            let mut resp = Response::new(body::full(doc.clone()));
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            return Ok(Some(resp));
+        }
+        if get && rel == "metadata" {
+            rec.decision = "public";
+            rec.reason = "capabilities".into();
+            rec.interaction = Some("capabilities".into());
+            let up = self
+                .upstream
+                .request(Method::GET, "metadata", &filter_headers(headers), client, request_id, body::empty())
+                .map_err(upstream_error)?;
+            let started = Instant::now();
+            let resp = self.upstream.send(up).await.map_err(upstream_error)?;
+            self.metrics.upstream_latency.observe(started.elapsed().as_secs_f64());
+            rec.upstream_status = Some(resp.status().as_u16());
+            let (parts, incoming) = resp.into_parts();
+            let bytes = collect(incoming, self.max_inspect_bytes).await.map_err(|e| {
+                Early::new(StatusCode::BAD_GATEWAY, "transient", format!("upstream metadata: {e}"))
+                    .decision("error", "upstream-body")
+            })?;
+            let body = self.capability_statement(&bytes).ok_or_else(|| {
+                Early::new(StatusCode::BAD_GATEWAY, "transient", "upstream CapabilityStatement is not FHIR JSON")
+                    .decision("error", "upstream-body")
+            })?;
+            let mut resp = Response::new(body::full(body));
+            *resp.status_mut() = parts.status;
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(outcome::FHIR_JSON));
+            return Ok(Some(resp));
+        }
+        if method == Method::OPTIONS && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD) {
+            rec.decision = "public";
+            rec.reason = "cors-preflight".into();
+            let mut resp = Response::new(body::empty());
+            *resp.status_mut() = StatusCode::NO_CONTENT;
+            return Ok(Some(resp));
+        }
+        Ok(None)
+    }
+
+    /// The upstream CapabilityStatement, advertising SMART and the public base.
+    fn capability_statement(&self, upstream: &[u8]) -> Option<Vec<u8>> {
+        let mut cs: Value = serde_json::from_slice(upstream).ok()?;
+        if cs.get("resourceType")?.as_str()? != "CapabilityStatement" {
+            return None;
+        }
+        let public = self.public.full();
+        if let Some(imp) = cs.get_mut("implementation").and_then(Value::as_object_mut) {
+            imp.insert("url".into(), Value::String(public));
+        }
+        if let Some(rest) = cs.get_mut("rest").and_then(Value::as_array_mut) {
+            for r in rest {
+                let Some(r) = r.as_object_mut() else { continue };
+                let mut security = serde_json::json!({
+                    "cors": true,
+                    "service": [{"coding": [{
+                        "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                        "code": "SMART-on-FHIR"
+                    }]}]
+                });
+                if let (Some(smart), Some(obj)) = (&self.smart_configuration, security.as_object_mut())
+                    && let Ok(doc) = serde_json::from_slice::<Value>(smart)
+                {
+                    let mut uris = Vec::new();
+                    for (url, key) in [
+                        ("authorize", "authorization_endpoint"),
+                        ("token", "token_endpoint"),
+                        ("introspect", "introspection_endpoint"),
+                        ("revoke", "revocation_endpoint"),
+                    ] {
+                        if let Some(v) = doc.get(key).and_then(Value::as_str) {
+                            uris.push(serde_json::json!({"url": url, "valueUri": v}));
+                        }
+                    }
+                    obj.insert(
+                        "extension".into(),
+                        serde_json::json!([{
+                            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                            "extension": uris
+                        }]),
+                    );
+                }
+                r.insert("security".into(), security);
+            }
+        }
+        serde_json::to_vec(&cs).ok()
+    }
+
+    /// Phase 1: the bearer token ⇒ a [`Grant`], or 401.
+    async fn authenticate(&self, headers: &HeaderMap, query: Option<&str>, rec: &mut Record) -> Phase<Arc<Grant>> {
+        match self.auth.authenticate(headers, query).await {
+            Ok(grant) => {
+                rec.client_id = grant.client_id.clone();
+                rec.sub = grant.subject.clone();
+                rec.fhir_user = grant.fhir_user.clone();
+                rec.patient = grant.patient.clone();
+                Ok(grant)
+            }
+            Err(e) => {
+                let mut early = Early::new(StatusCode::UNAUTHORIZED, "login", e.description())
+                    .decision("unauthenticated", e.code());
+                early.www_authenticate = Some(e.www_authenticate(&self.public.full()));
+                Err(early)
+            }
+        }
+    }
+
+    /// Phase 3 result: a plan to carry out, or the rejection as a response.
+    fn decided(&self, decision: Decision, rec: &mut Record) -> Phase<Plan> {
+        rec.reason = decision.reason.code.to_owned();
+        rec.scope = decision.reason.scope.clone();
+        rec.detail = decision.reason.detail.clone();
+        match decision.outcome {
+            Outcome::Forward(plan) => {
+                rec.decision = match (&plan.response, plan.narrowed) {
+                    (_, true) => "narrow",
+                    (ResponseRule::Filter(_), false) => "filter",
+                    (ResponseRule::PassThrough, false) => "allow",
+                };
+                Ok(plan)
+            }
+            Outcome::Reject(r) => {
+                let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FORBIDDEN);
+                let mut early = Early::new(status, r.issue, r.message).decision("deny", decision.reason.code);
+                if status == StatusCode::FORBIDDEN {
+                    early.www_authenticate = Some(format!(
+                        "Bearer realm=\"{}\", error=\"insufficient_scope\"",
+                        self.public.full()
+                    ));
+                }
+                Err(early)
+            }
+        }
+    }
+
+    /// Phases 4–6 for one planned request: write checks, forward, filter.
+    #[allow(clippy::too_many_arguments)]
+    async fn forward_plan(
+        &self,
+        client_method: &Method,
+        headers: &HeaderMap,
+        plan: Plan,
+        mut body: ReqBody,
+        grant: &Grant,
+        client: &ClientInfo,
+        request_id: &HeaderValue,
+        rec: &mut Record,
+    ) -> Phase<Response<ProxyBody>> {
+        let method = plan.request.upstream_method(client_method);
+        let target = plan.request.upstream_target();
+        let mut out_headers = match &plan.response {
+            ResponseRule::Filter(_) => filter_headers(headers),
+            ResponseRule::PassThrough => headers.clone(),
+        };
+        if let ResponseRule::Filter(_) = plan.response
+            && wants_xml(headers, &plan.request)
+        {
+            return Err(Early::new(
+                StatusCode::NOT_ACCEPTABLE,
+                "not-supported",
+                "this response must be checked before it leaves, which needs JSON: ask for application/fhir+json",
+            )
+            .decision("deny", "format"));
+        }
+        if let Some(criteria) = plan.request.if_none_exist()
+            && let Ok(v) = HeaderValue::from_str(&criteria)
+        {
+            out_headers.insert(header::HeaderName::from_static("if-none-exist"), v);
+        }
+
+        // Write checks (patient/ grants): the current version must be the patient's, the
+        // new content must be too, and the write is pinned to the version checked.
+        let mut checked_body = None;
+        if let Some(view) = &plan.precheck {
+            let current = self.current_version(&plan.request, view, grant, client, request_id).await?;
+            match &current {
+                Some((_, Some(version))) => {
+                    let etag = format!("W/\"{version}\"");
+                    if let Some(sent) = headers.get(header::IF_MATCH)
+                        && sent.as_bytes() != etag.as_bytes()
+                    {
+                        return Err(Early::new(StatusCode::PRECONDITION_FAILED, "conflict", "If-Match does not match the current version")
+                            .decision("deny", "version-conflict"));
+                    }
+                    if let Ok(v) = HeaderValue::from_str(&etag) {
+                        out_headers.insert(header::IF_MATCH, v);
+                    }
+                }
+                Some((_, None)) => {}
+                None if plan.request.interaction == Interaction::Update => {}
+                None => return Err(not_found()),
+            }
+            if plan.request.interaction == Interaction::Patch {
+                let patch = body.bytes(self.max_inspect_bytes).await?;
+                let Some((current, _)) = current else { return Err(not_found()) };
+                let patched = apply_json_patch(current, &patch, headers)?;
+                self.check_written(&patched, &plan.request, view)?;
+                checked_body = Some(patch);
+            }
+        }
+        if let Some(view) = &plan.body_check {
+            let bytes = body.bytes(self.max_inspect_bytes).await?;
+            let resource: Value = serde_json::from_slice(&bytes).map_err(|_| {
+                Early::new(StatusCode::BAD_REQUEST, "invalid", "the body must be a FHIR JSON resource")
+                    .decision("deny", "body-not-json")
+            })?;
+            self.check_written(&resource, &plan.request, view)?;
+            checked_body = Some(bytes);
+        }
+        let upstream_body = match checked_body {
+            Some(b) => body::full(b),
+            None => body.into_proxy_body(self.max_body_bytes),
+        };
+        let up = self
+            .upstream
+            .request(method, &target, &out_headers, client, request_id, upstream_body)
+            .map_err(upstream_error)?;
+        self.respond(up, &plan.response, plan.request.resource_type.filter(|_| single_resource(&plan.request)).map(Some).unwrap_or(None), grant, rec)
+            .await
+    }
+
+    /// The resource a write would change, if it exists: `(resource, versionId)`. It must
+    /// be visible under `view`; one that is not is answered like one that does not exist.
+    async fn current_version(
+        &self,
+        req: &FhirRequest,
+        view: &View,
+        grant: &Grant,
+        client: &ClientInfo,
+        request_id: &HeaderValue,
+    ) -> Phase<Option<(Value, Option<String>)>> {
+        let (Some(rtype), Some(id)) = (req.resource_type, req.id.as_deref()) else {
+            return Ok(None);
+        };
+        let target = format!("{}/{}", rtype.name(), id);
+        let up = self
+            .upstream
+            .request(Method::GET, &target, &json_headers(), client, request_id, body::empty())
+            .map_err(upstream_error)?;
+        let resp = self.upstream.send(up).await.map_err(upstream_error)?;
+        if matches!(resp.status(), StatusCode::NOT_FOUND | StatusCode::GONE) {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            return Err(Early::new(StatusCode::BAD_GATEWAY, "transient", "could not read the current version upstream")
+                .decision("error", "precheck-upstream"));
+        }
+        let bytes = collect(resp.into_body(), self.max_inspect_bytes).await.map_err(|_| bad_upstream_body())?;
+        let check_view = View { letter: Letter::R, ..view.clone() };
+        let visible = self.visible_single(&bytes, Some(rtype), &check_view, grant).await?;
+        if !visible {
+            return Err(not_found());
+        }
+        let resource: Value = serde_json::from_slice(&bytes).map_err(|_| bad_upstream_body())?;
+        let version = resource
+            .pointer("/meta/versionId")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        Ok(Some((resource, version)))
+    }
+
+    /// A resource a patient/ grant writes must have the URL's type (and id), and every
+    /// patient reference in it must be the launch patient's.
+    fn check_written(&self, resource: &Value, req: &FhirRequest, view: &View) -> Phase<()> {
+        let deny = |why: &str| Early::new(StatusCode::FORBIDDEN, "forbidden", why.to_owned()).decision("deny", "write-compartment");
+        let rtype = resource.get("resourceType").and_then(Value::as_str);
+        if rtype != req.resource_type.map(|t| t.name()) {
+            return Err(Early::new(StatusCode::BAD_REQUEST, "invalid", "resourceType in the body does not match the URL")
+                .decision("deny", "body-type"));
+        }
+        if let Some(id) = &req.id
+            && resource.get("id").and_then(Value::as_str) != Some(id.as_str())
+        {
+            return Err(Early::new(StatusCode::BAD_REQUEST, "invalid", "id in the body does not match the URL")
+                .decision("deny", "body-id"));
+        }
+        let Some(patient) = view.patient.as_deref() else {
+            return Ok(());
+        };
+        if !membership::all_patient_refs_are(resource, patient, &self.filter.membership) {
+            return Err(deny("the resource references a patient other than the launch patient"));
+        }
+        let is_member_type = req.resource_type.is_some_and(crate::compartment::definition::is_member_type);
+        if is_member_type && !membership::is_member(resource, patient, &self.filter.membership) {
+            return Err(deny("the resource is not in the launch patient's compartment"));
+        }
+        Ok(())
+    }
+
+    /// Phase 5: send upstream and judge what comes back.
+    async fn respond(
+        &self,
+        up: Request<ProxyBody>,
+        rule: &ResponseRule,
+        single: Option<crate::fhir::ResourceType>,
+        grant: &Grant,
+        rec: &mut Record,
+    ) -> Phase<Response<ProxyBody>> {
+        let started = Instant::now();
+        let resp = self.upstream.send(up).await.map_err(upstream_error)?;
+        self.metrics.upstream_latency.observe(started.elapsed().as_secs_f64());
+        rec.upstream_status = Some(resp.status().as_u16());
+        let (parts, incoming) = resp.into_parts();
+        let mut headers = forward::response_headers(&parts.headers, &self.filter.upstream_base, &self.filter.public_base);
+        let ResponseRule::Filter(view) = rule else {
+            let mut out = Response::new(body::stream(incoming));
+            *out.status_mut() = parts.status;
+            *out.headers_mut() = headers;
+            return Ok(out);
+        };
+        // Under a filter, upstream errors are replaced by the proxy's own outcome so that
+        // "not yours" and "does not exist" look the same and nothing upstream said leaks.
+        if !parts.status.is_success() {
+            return Err(match parts.status {
+                StatusCode::NOT_FOUND | StatusCode::GONE => not_found(),
+                s if s.is_client_error() => Early::new(s, "processing", "the FHIR server rejected the request")
+                    .decision(rec.decision, rec.reason.clone()),
+                s => Early::new(if s == StatusCode::GATEWAY_TIMEOUT { s } else { StatusCode::BAD_GATEWAY }, "transient", "the FHIR server failed")
+                    .decision("error", "upstream-status"),
+            });
+        }
+        let bytes = collect(incoming, self.max_inspect_bytes).await.map_err(|_| bad_upstream_body())?;
+        if bytes.is_empty() {
+            // 201/204 with no body: nothing can leak.
+            let mut out = Response::new(body::empty());
+            *out.status_mut() = parts.status;
+            *out.headers_mut() = headers;
+            return Ok(out);
+        }
+        let body = match single {
+            Some(rtype) => {
+                if !self.visible_single(&bytes, Some(rtype), view, grant).await? {
+                    self.metrics.filtered_entries.inc();
+                    rec.removed = 1;
+                    return Err(not_found());
+                }
+                bytes
+            }
+            None => {
+                let sign = |url: &str| self.paging.sign(url, &self.public, view, grant);
+                let filtered = filter::filter_bundle(&bytes, view, grant, &self.filter, &sign)
+                    .map_err(|e| filter_error(e, rec))?;
+                rec.removed = filtered.removed;
+                self.metrics.filtered_entries.inc_by(filtered.removed as u64);
+                Bytes::from(filtered.body)
+            }
+        };
+        for h in [header::CONTENT_LENGTH, header::CONTENT_ENCODING, header::ETAG, header::HeaderName::from_static("content-md5")] {
+            if single.is_none() || h != header::ETAG {
+                headers.remove(h);
+            }
+        }
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(outcome::FHIR_JSON));
+        let mut out = Response::new(body::full(body));
+        *out.status_mut() = parts.status;
+        *out.headers_mut() = headers;
+        Ok(out)
+    }
+
+    /// Whether a single resource body may leave; a `Binary` is looked up through its
+    /// `securityContext` (one level, never recursively).
+    async fn visible_single(&self, bytes: &[u8], rtype: Option<crate::fhir::ResourceType>, view: &View, grant: &Grant) -> Phase<bool> {
+        let verdict = filter::check_single(bytes, rtype, view, grant, &self.filter).map_err(|_| bad_upstream_body())?;
+        match verdict {
+            Visibility::Visible => Ok(true),
+            Visibility::Hidden(_) => Ok(false),
+            Visibility::NeedsLookup(reference) => {
+                let Ok(target) = classify::classify_entry(&Method::GET, &reference, None) else {
+                    return Ok(false);
+                };
+                if target.interaction != Interaction::Read {
+                    return Ok(false);
+                }
+                let up = self
+                    .upstream
+                    .request(Method::GET, &target.upstream_target(), &json_headers(), &internal_client(), &HeaderValue::from_static("securitycontext"), body::empty())
+                    .map_err(upstream_error)?;
+                let resp = self.upstream.send(up).await.map_err(upstream_error)?;
+                if !resp.status().is_success() {
+                    return Ok(false);
+                }
+                let ctx = collect(resp.into_body(), self.max_inspect_bytes).await.map_err(|_| bad_upstream_body())?;
+                let ctx_view = View { letter: Letter::R, ..view.clone() };
+                Ok(matches!(
+                    filter::check_single(&ctx, target.resource_type, &ctx_view, grant, &self.filter),
+                    Ok(Visibility::Visible)
+                ))
+            }
+        }
+    }
+
+    /// Batch and transaction: every entry classified and decided on its own. A
+    /// transaction with any forbidden entry is rejected whole; a batch gets a 403 in
+    /// place of each forbidden entry. Entry responses are judged like single resources.
+    #[allow(clippy::too_many_arguments)]
+    async fn bundle(
+        &self,
+        headers: &HeaderMap,
+        kind: Interaction,
+        bytes: &[u8],
+        grant: &Grant,
+        client: &ClientInfo,
+        request_id: &HeaderValue,
+        rec: &mut Record,
+    ) -> Phase<Response<ProxyBody>> {
+        let invalid = || Early::new(StatusCode::BAD_REQUEST, "invalid", "the Bundle is not valid FHIR JSON").decision("invalid", "bundle");
+        let mut bundle: Value = serde_json::from_slice(bytes).map_err(|_| invalid())?;
+        let entries = bundle.get_mut("entry").and_then(Value::as_array_mut).map(std::mem::take).unwrap_or_default();
+        let transaction = kind == Interaction::Transaction;
+        let mut forwarded = Vec::new();
+        let mut slots: Vec<Result<View, Value>> = Vec::new();
+        let mut denied = 0;
+        for mut entry in entries {
+            match self.decide_entry(&mut entry, grant) {
+                Ok(view) => {
+                    forwarded.push(entry);
+                    slots.push(Ok(view));
+                }
+                Err(outcome_entry) => {
+                    denied += 1;
+                    slots.push(Err(outcome_entry));
+                }
+            }
+        }
+        if transaction && denied > 0 {
+            return Err(Early::new(StatusCode::FORBIDDEN, "forbidden", format!("{denied} transaction entries are not allowed; nothing was applied"))
+                .decision("deny", "transaction-entry"));
+        }
+        rec.decision = if denied > 0 { "narrow" } else { "filter" };
+        rec.reason = "bundle-entries".into();
+        rec.removed = denied;
+        if let Some(obj) = bundle.as_object_mut() {
+            obj.insert("entry".into(), Value::Array(forwarded));
+        }
+        let body = serde_json::to_vec(&bundle).map_err(|_| invalid())?;
+        let up = self
+            .upstream
+            .request(Method::POST, "", &filter_headers(headers), client, request_id, body::full(body))
+            .map_err(upstream_error)?;
+        let resp = self.upstream.send(up).await.map_err(upstream_error)?;
+        rec.upstream_status = Some(resp.status().as_u16());
+        let status = resp.status();
+        let resp_bytes = collect(resp.into_body(), self.max_inspect_bytes).await.map_err(|_| bad_upstream_body())?;
+        if !status.is_success() {
+            return Err(Early::new(if status.is_client_error() { status } else { StatusCode::BAD_GATEWAY }, "processing", "the FHIR server rejected the Bundle")
+                .decision(rec.decision, "upstream-status"));
+        }
+        let mut answer: Value = serde_json::from_slice(&resp_bytes).map_err(|_| bad_upstream_body())?;
+        let mut upstream_entries = answer.get_mut("entry").and_then(Value::as_array_mut).map(std::mem::take).unwrap_or_default().into_iter();
+        let mut out_entries = Vec::with_capacity(slots.len());
+        for slot in slots {
+            match slot {
+                Err(outcome_entry) => out_entries.push(outcome_entry),
+                Ok(view) => {
+                    let mut e = upstream_entries.next().unwrap_or(Value::Null);
+                    if let Some(res) = e.get("resource") {
+                        let visible = matches!(filter::check_resource(res, &view, grant, &self.filter), Visibility::Visible);
+                        if !visible && let Some(obj) = e.as_object_mut() {
+                            obj.remove("resource");
+                            rec.removed += 1;
+                        }
+                    }
+                    if let Some(full) = e.get("fullUrl").and_then(Value::as_str).map(|u| self.filter.rebase(u))
+                        && let Some(obj) = e.as_object_mut()
+                    {
+                        obj.insert("fullUrl".into(), Value::String(full));
+                    }
+                    if let Some(loc) = e.pointer("/response/location").and_then(Value::as_str).map(|u| self.filter.rebase(u))
+                        && let Some(r) = e.get_mut("response").and_then(Value::as_object_mut)
+                    {
+                        r.insert("location".into(), Value::String(loc));
+                    }
+                    out_entries.push(e);
+                }
+            }
+        }
+        if let Some(obj) = answer.as_object_mut() {
+            obj.insert("entry".into(), Value::Array(out_entries));
+            obj.remove("link");
+        }
+        let body = serde_json::to_vec(&answer).map_err(|_| bad_upstream_body())?;
+        let mut out = Response::new(body::full(body));
+        out.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(outcome::FHIR_JSON));
+        Ok(out)
+    }
+
+    /// Decides one batch/transaction entry, narrowing its URL in place. `Err` holds the
+    /// response entry to answer in its place.
+    fn decide_entry(&self, entry: &mut Value, grant: &Grant) -> Result<View, Value> {
+        let forbidden = |msg: &str| {
+            serde_json::json!({"response": {"status": "403 Forbidden", "outcome":
+                serde_json::from_slice::<Value>(&outcome::operation_outcome("forbidden", msg)).unwrap_or(Value::Null)}})
+        };
+        let method = entry.pointer("/request/method").and_then(Value::as_str).and_then(|m| Method::from_bytes(m.as_bytes()).ok());
+        let url = entry.pointer("/request/url").and_then(Value::as_str);
+        let (Some(method), Some(url)) = (method, url) else {
+            return Err(forbidden("entry.request.method and entry.request.url are required"));
+        };
+        let url = url.strip_prefix(&format!("{}/", self.public.full())).unwrap_or(url).to_owned();
+        let ine = entry.pointer("/request/ifNoneExist").and_then(Value::as_str).map(str::to_owned);
+        let fhir = classify::classify_entry(&method, &url, ine.as_deref()).map_err(|e| forbidden(&e.to_string()))?;
+        let decision = authorize::authorize(grant, &fhir, &self.rules);
+        let plan = match decision.outcome {
+            Outcome::Forward(plan) => plan,
+            Outcome::Reject(r) => return Err(forbidden(&r.message)),
+        };
+        // Entries cannot be pre-read atomically inside the upstream's transaction, so a
+        // patient/ grant may not update, patch or delete through a Bundle.
+        if plan.precheck.is_some() {
+            return Err(forbidden("update, patch and delete under patient/ scopes must be sent one by one"));
+        }
+        if let Some(view) = &plan.body_check {
+            let resource = entry.get("resource").cloned().unwrap_or(Value::Null);
+            if self.check_written(&resource, &plan.request, view).is_err() {
+                return Err(forbidden("the entry's resource is outside the launch patient's compartment"));
+            }
+        }
+        if let Some(req) = entry.get_mut("request").and_then(Value::as_object_mut) {
+            req.insert("url".into(), Value::String(plan.request.upstream_target()));
+            if let Some(criteria) = plan.request.if_none_exist() {
+                req.insert("ifNoneExist".into(), Value::String(criteria));
+            }
+        }
+        Ok(match plan.response {
+            ResponseRule::Filter(view) => view,
+            ResponseRule::PassThrough => View { context: Context::System, patient: None, letter: Letter::R },
+        })
+    }
+}
+
+/// The request body: still streaming, or already read for a check.
+enum ReqBody {
+    Streaming(Incoming),
+    Read(Bytes),
+    Taken,
+}
+
+impl ReqBody {
+    /// Reads the whole body (at most `limit` bytes: 413 above).
+    async fn bytes(&mut self, limit: usize) -> Phase<Bytes> {
+        match std::mem::replace(self, ReqBody::Taken) {
+            ReqBody::Streaming(incoming) => {
+                let b = collect(incoming, limit).await.map_err(|_| {
+                    Early::new(StatusCode::PAYLOAD_TOO_LARGE, "too-costly", format!("a body that must be checked may be at most {limit} bytes"))
+                        .decision("invalid", "body-too-large")
+                })?;
+                *self = ReqBody::Read(b.clone());
+                Ok(b)
+            }
+            ReqBody::Read(b) => {
+                *self = ReqBody::Read(b.clone());
+                Ok(b)
+            }
+            ReqBody::Taken => Ok(Bytes::new()),
+        }
+    }
+
+    /// The body to send upstream, streaming when it was not read.
+    fn into_proxy_body(self, limit: u64) -> ProxyBody {
+        match self {
+            ReqBody::Streaming(incoming) => body::stream(Limited::new(incoming, usize::try_from(limit).unwrap_or(usize::MAX))),
+            ReqBody::Read(b) => body::full(b),
+            ReqBody::Taken => body::empty(),
+        }
+    }
+}
+
+async fn collect<B>(body: B, limit: usize) -> Result<Bytes, String>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Reads, vreads, instance operations on one id: the response is one resource.
+fn single_resource(req: &FhirRequest) -> bool {
+    matches!(
+        req.interaction,
+        Interaction::Read | Interaction::Vread | Interaction::Update | Interaction::Patch | Interaction::Create | Interaction::ConditionalCreate | Interaction::ConditionalUpdate | Interaction::ConditionalPatch
+    )
+}
+
+/// Headers for a request whose response must be filtered: JSON, uncompressed.
+fn filter_headers(inbound: &HeaderMap) -> HeaderMap {
+    let mut h = inbound.clone();
+    h.insert(header::ACCEPT, HeaderValue::from_static("application/fhir+json"));
+    h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    h.remove(header::RANGE);
+    h.remove(header::IF_NONE_MATCH);
+    h.remove(header::IF_MODIFIED_SINCE);
+    h
+}
+
+fn json_headers() -> HeaderMap {
+    filter_headers(&HeaderMap::new())
+}
+
+fn internal_client() -> ClientInfo {
+    ClientInfo {
+        peer: SocketAddr::from(([127, 0, 0, 1], 0)),
+        proto: "http",
+        host: None,
+    }
+}
+
+/// Whether the client asked for XML (or anything but JSON) where the filter must read the
+/// response: `_format` wins over `Accept`.
+fn wants_xml(headers: &HeaderMap, req: &FhirRequest) -> bool {
+    let json = |v: &str| {
+        let v = v.to_ascii_lowercase();
+        v.contains("json") || v.contains("*/*") || v.trim().is_empty()
+    };
+    if let Some(f) = req.params.iter().find(|p| p.name == "_format") {
+        return !json(&f.value);
+    }
+    match headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) {
+        None => false,
+        Some(a) => !json(a),
+    }
+}
+
+fn apply_json_patch(mut current: Value, patch: &[u8], headers: &HeaderMap) -> Phase<Value> {
+    let is_json_patch = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json-patch+json"));
+    if !is_json_patch {
+        return Err(Early::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "not-supported", "under patient/ scopes only JSON Patch (application/json-patch+json) can be checked")
+            .decision("deny", "patch-format"));
+    }
+    let ops: json_patch::Patch = serde_json::from_slice(patch).map_err(|_| {
+        Early::new(StatusCode::BAD_REQUEST, "invalid", "the body is not a JSON Patch document").decision("invalid", "patch-body")
+    })?;
+    json_patch::patch(&mut current, &ops).map_err(|_| {
+        Early::new(StatusCode::UNPROCESSABLE_ENTITY, "processing", "the JSON Patch does not apply to the current version").decision("deny", "patch-apply")
+    })?;
+    Ok(current)
+}
+
+fn classify_error(e: ClassifyError, rec: &mut Record) -> Early {
+    rec.detail = e.to_string();
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    let issue = match status {
+        StatusCode::NOT_FOUND => "not-found",
+        StatusCode::METHOD_NOT_ALLOWED | StatusCode::UNSUPPORTED_MEDIA_TYPE => "not-supported",
+        _ => "invalid",
+    };
+    Early::new(status, issue, e.to_string()).decision("invalid", "classify")
+}
+
+fn filter_error(e: FilterError, rec: &mut Record) -> Early {
+    rec.detail = format!("{e:?}");
+    bad_upstream_body()
+}
+
+fn bad_upstream_body() -> Early {
+    Early::new(StatusCode::BAD_GATEWAY, "transient", "the FHIR server's response could not be checked, so it was withheld")
+        .decision("error", "upstream-body")
+}
+
+/// The one answer for "does not exist" and "not yours": same status, same body.
+fn not_found() -> Early {
+    Early::new(StatusCode::NOT_FOUND, "not-found", "resource not found").decision("deny", "not-found-or-hidden")
+}
+
+fn upstream_error(e: UpstreamError) -> Early {
+    match e {
+        UpstreamError::Timeout => Early::new(StatusCode::GATEWAY_TIMEOUT, "timeout", "the FHIR server did not answer in time")
+            .decision("error", "upstream-timeout"),
+        UpstreamError::Unavailable(why) => {
+            tracing::warn!(error = %why, "upstream unavailable");
+            Early::new(StatusCode::BAD_GATEWAY, "transient", "the FHIR server is unavailable").decision("error", "upstream-unavailable")
+        }
+        UpstreamError::BadRequest(why) => Early::new(StatusCode::BAD_REQUEST, "invalid", format!("cannot forward: {why}"))
+            .decision("invalid", "upstream-request"),
+    }
+}
+
+/// `X-Request-Id` from the client when it is a sane token, else a fresh random one.
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get("x-request-id")
+        && (1..=128).contains(&v.len())
+        && v.as_bytes().iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+    {
+        return v.clone();
+    }
+    let mut raw = [0u8; 16];
+    let _ = aws_lc_rs::rand::fill(&mut raw);
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    HeaderValue::from_str(&hex).unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// Seconds since the epoch as RFC 3339 UTC (no calendar crate needed).
+fn now_rfc3339() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs();
+    let (days, rem) = (secs / 86400, secs % 86400);
+    // Civil-from-days (Howard Hinnant), valid for the Unix era.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        now.subsec_millis()
+    )
+}
+
+/// The audit name of an interaction (also the metrics label: a closed set).
+pub fn interaction_name(i: Interaction) -> &'static str {
+    match i {
+        Interaction::Read => "read",
+        Interaction::Vread => "vread",
+        Interaction::Update => "update",
+        Interaction::Patch => "patch",
+        Interaction::Delete => "delete",
+        Interaction::Create => "create",
+        Interaction::SearchType => "search-type",
+        Interaction::SearchSystem => "search-system",
+        Interaction::SearchCompartment => "search-compartment",
+        Interaction::HistoryInstance => "history-instance",
+        Interaction::HistoryType => "history-type",
+        Interaction::HistorySystem => "history-system",
+        Interaction::Capabilities => "capabilities",
+        Interaction::Batch => "batch",
+        Interaction::Transaction => "transaction",
+        Interaction::Operation => "operation",
+        Interaction::ConditionalCreate => "conditional-create",
+        Interaction::ConditionalUpdate => "conditional-update",
+        Interaction::ConditionalPatch => "conditional-patch",
+        Interaction::ConditionalDelete => "conditional-delete",
+    }
+}
+
+fn interaction_label(name: &str) -> &'static str {
+    const ALL: &[&str] = &[
+        "read", "vread", "update", "patch", "delete", "create", "search-type", "search-system", "search-compartment",
+        "history-instance", "history-type", "history-system", "capabilities", "batch", "transaction", "operation",
+        "conditional-create", "conditional-update", "conditional-patch", "conditional-delete",
+    ];
+    ALL.iter().find(|n| **n == name).copied().unwrap_or("other")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_shape() {
+        let t = now_rfc3339();
+        assert_eq!(t.len(), 24, "{t}");
+        assert!(t.starts_with("20") && t.ends_with('Z'));
+    }
+
+    #[test]
+    fn request_ids() {
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert("x-request-id", HeaderValue::from_static("bad id\"x"));
+        assert_eq!(request_id(&h).len(), 32);
+    }
+}
