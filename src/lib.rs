@@ -46,3 +46,4 @@ pub mod paging;
 pub mod proxy;
 pub mod pct;
 pub mod scope;
+pub mod serve;

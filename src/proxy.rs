@@ -42,7 +42,7 @@ pub struct Gateway {
     /// The public FHIR base (`public_base_url`).
     pub public: BaseUrl,
     /// The upstream FHIR server.
-    pub upstream: Upstream,
+    pub upstream: Arc<Upstream>,
     /// Token checking.
     pub auth: Arc<Authenticator>,
     /// Authorization rules (operation allow-list, non-member types).

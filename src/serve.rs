@@ -1,0 +1,202 @@
+//! Start-up and shutdown: builds every stage from the configuration, binds both
+//! listeners, and drains on SIGTERM/SIGINT.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::HeaderValue;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admin::Admin;
+use crate::audit::AuditLog;
+use crate::authenticate::Authenticator;
+use crate::authorize::Rules;
+use crate::config::{Config, UpstreamAuth, parse_base_url};
+use crate::filter::FilterContext;
+use crate::forward::Upstream;
+use crate::listen;
+use crate::metrics::Metrics;
+use crate::paging::PagingKey;
+use crate::proxy::Gateway;
+
+/// Why the proxy could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// A configured URL or file is unusable (the message names it).
+    Config(String),
+    /// A listener could not be bound.
+    Bind(std::net::SocketAddr, std::io::Error),
+    /// The authenticator could not be built.
+    Auth(String),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Config(m) => write!(f, "configuration: {m}"),
+            StartError::Bind(a, e) => write!(f, "cannot listen on {a}: {e}"),
+            StartError::Auth(m) => write!(f, "authentication: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Runs until SIGTERM/SIGINT, then drains within `shutdown.grace`.
+pub async fn run(cfg: Arc<Config>) -> Result<(), StartError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (public_listener, admin_listener, gateway, admin) = build(&cfg).await?;
+    tracing::info!(listen = %cfg.listen, admin = %cfg.admin_listen, upstream = %cfg.upstream.url, "smartgate started");
+    let grace = cfg.shutdown.grace.0;
+    let limits = cfg.limits.clone();
+    let public = tokio::spawn({
+        let rx = stop_rx.clone();
+        async move { listen::serve(public_listener, gateway, &limits, rx, grace).await }
+    });
+    let admin_limits = crate::config::Limits::default();
+    let admin_task = tokio::spawn(async move {
+        listen::serve(admin_listener, admin, &admin_limits, stop_rx, grace).await
+    });
+    listen::termination().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    let _ = stop_tx.send(true);
+    let _ = public.await;
+    let _ = admin_task.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Builds both handlers and binds both listeners.
+pub async fn build(cfg: &Config) -> Result<(TcpListener, TcpListener, Arc<Gateway>, Arc<Admin>), StartError> {
+    let public = parse_base_url(&cfg.public_base_url).map_err(StartError::Config)?;
+    let upstream_base = parse_base_url(&cfg.upstream.url).map_err(StartError::Config)?;
+    let client = crate::net::client(&crate::net::ClientOptions {
+        ca_file: cfg.upstream.ca_file.clone(),
+        connect_timeout: cfg.upstream.connect_timeout.0,
+        pool_idle_timeout: cfg.upstream.pool_idle_timeout.0,
+        ..Default::default()
+    })
+    .map_err(|e| StartError::Config(format!("upstream client: {e}")))?;
+    let credentials = upstream_credentials(&cfg.upstream.auth)?;
+    let upstream = Arc::new(Upstream::new(upstream_base.clone(), client.clone(), cfg.upstream.timeout.0, credentials));
+    let auth = Authenticator::new(&cfg.auth, &public.full(), client)
+        .await
+        .map_err(|e| StartError::Auth(e.to_string()))?;
+    let auth = Arc::new(auth);
+    auth.spawn_refresh();
+    let metrics = Arc::new(Metrics::new());
+    let paging = match &cfg.paging.secret_file {
+        Some(path) => PagingKey::new(&read_secret(path)?),
+        None => PagingKey::random(),
+    };
+    let non_member = match cfg.compartment.non_member_types {
+        crate::config::NonMemberTypes::WhenGranted => crate::filter::NonMemberAccess::WhenGranted,
+        crate::config::NonMemberTypes::Deny => crate::filter::NonMemberAccess::Deny,
+    };
+    let filter = FilterContext::new(&upstream_base.full(), &public.full(), cfg.compartment.actor_membership, non_member);
+    let audit = AuditLog::open(cfg.audit.output.as_deref(), cfg.audit.log_query_values)
+        .map_err(|e| StartError::Config(format!("audit.output: {e}")))?;
+    let smart_configuration = cfg.smart.as_ref().map(|s| Bytes::from(smart_document(s)));
+    let gateway = Arc::new(Gateway {
+        public,
+        upstream: upstream.clone(),
+        auth: auth.clone(),
+        rules: Rules::from_config(cfg),
+        filter,
+        paging,
+        audit,
+        metrics: metrics.clone(),
+        smart_configuration,
+        max_inspect_bytes: cfg.limits.max_inspect_bytes,
+        max_body_bytes: cfg.limits.max_body_bytes,
+    });
+    let admin = Arc::new(Admin { metrics, auth, upstream });
+    let public_listener = TcpListener::bind(cfg.listen).await.map_err(|e| StartError::Bind(cfg.listen, e))?;
+    let admin_listener = TcpListener::bind(cfg.admin_listen)
+        .await
+        .map_err(|e| StartError::Bind(cfg.admin_listen, e))?;
+    Ok((public_listener, admin_listener, gateway, admin))
+}
+
+fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, StartError> {
+    let mut s = std::fs::read(path).map_err(|e| StartError::Config(format!("{}: {e}", path.display())))?;
+    while s.last().is_some_and(|b| b.is_ascii_whitespace()) {
+        s.pop();
+    }
+    Ok(s)
+}
+
+fn upstream_credentials(auth: &UpstreamAuth) -> Result<Option<HeaderValue>, StartError> {
+    let value = match auth {
+        UpstreamAuth::None => return Ok(None),
+        UpstreamAuth::Bearer { token_file } => {
+            let t = read_secret(token_file)?;
+            format!("Bearer {}", String::from_utf8_lossy(&t))
+        }
+        UpstreamAuth::Basic { username, password_file } => {
+            let p = read_secret(password_file)?;
+            let raw = format!("{username}:{}", String::from_utf8_lossy(&p));
+            format!("Basic {}", base64_standard(raw.as_bytes()))
+        }
+    };
+    HeaderValue::from_str(&value)
+        .map(Some)
+        .map_err(|_| StartError::Config("upstream.auth: the credential is not a valid header value".into()))
+}
+
+fn base64_standard(input: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    for chunk in input.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(T[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The `.well-known/smart-configuration` document.
+fn smart_document(s: &crate::config::SmartConfig) -> Vec<u8> {
+    let mut doc = serde_json::json!({
+        "token_endpoint": s.token_endpoint,
+        "grant_types_supported": s.grant_types_supported,
+        "capabilities": s.capabilities,
+        "code_challenge_methods_supported": ["S256"],
+        "response_types_supported": ["code"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
+    });
+    if let Some(obj) = doc.as_object_mut() {
+        for (k, v) in [
+            ("authorization_endpoint", &s.authorization_endpoint),
+            ("issuer", &s.issuer),
+            ("jwks_uri", &s.jwks_uri),
+            ("introspection_endpoint", &s.introspection_endpoint),
+            ("revocation_endpoint", &s.revocation_endpoint),
+        ] {
+            if let Some(v) = v {
+                obj.insert(k.into(), serde_json::Value::String(v.clone()));
+            }
+        }
+        if !s.scopes_supported.is_empty() {
+            obj.insert("scopes_supported".into(), serde_json::json!(s.scopes_supported));
+        }
+    }
+    serde_json::to_vec(&doc).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64() {
+        assert_eq!(super::base64_standard(b"user:pass"), "dXNlcjpwYXNz");
+        assert_eq!(super::base64_standard(b"a"), "YQ==");
+        assert_eq!(super::base64_standard(b"ab"), "YWI=");
+    }
+}
