@@ -13,7 +13,7 @@ OUT_DIR/manifest.json, the ground truth the leak tests use:
       "actor_patients": [...],    # patients that only act on it (performer, asserter, recorder, author,
                                   #   Patient.link, Coverage subscriber, ...): NOT in the strict compartment
       "related_patients": [...],  # patients reached through another resource (Provenance target Observation,
-                                  #   Binary.securityContext): not compartment members, but protected through them
+                                  #   Binary.securityContext, Device.patient): not compartment members, but protected through them
       "categories": [...],        # Observation only: observation-category codes
       "security": [...],          # meta.security codes (R, PSY, HIV, ...)
     }
@@ -362,7 +362,7 @@ ABOUT = {  # strict rule: the patient the record is about
     "Observation": ["subject"], "Encounter": ["subject"], "Condition": ["subject"],
     "MedicationRequest": ["subject"], "AllergyIntolerance": ["patient"], "DocumentReference": ["subject"],
     "Procedure": ["subject"], "Immunization": ["patient"], "DiagnosticReport": ["subject"],
-    "Coverage": ["beneficiary"], "Device": ["patient"], "Group": ["member.entity"], "Provenance": ["target"],
+    "Coverage": ["beneficiary"], "Group": ["member.entity"], "Provenance": ["target"],
 }
 ACTOR = {  # patients that act on the record: in the R4 compartment definition for some types, not in the strict one
     "Patient": ["link.other"], "Observation": ["performer"], "Condition": ["asserter", "recorder"],
@@ -371,7 +371,9 @@ ACTOR = {  # patients that act on the record: in the R4 compartment definition f
     "MedicationRequest": ["requester", "performer"], "Encounter": ["participant.individual"],
     "Immunization": ["performer.actor"], "DiagnosticReport": ["performer"], "Provenance": ["agent.who"],
 }
-INDIRECT = {"Provenance": ["target"], "Binary": ["securityContext"]}
+# Patients reached through another resource, or named by a type that is not a Patient compartment member in R4
+# (Device.patient: searchable as Device?patient=, but hfs answers 400 to Patient/X/Device).
+INDIRECT = {"Provenance": ["target"], "Binary": ["securityContext"], "Device": ["patient"]}
 
 
 def refs_at(res, path):
@@ -416,7 +418,7 @@ def manifest(gen, seed):
         for p in INDIRECT.get(r["resourceType"], []):
             for x in refs_at(r, p):
                 if x.startswith("Patient/"):
-                    if r["resourceType"] == "Binary":
+                    if r["resourceType"] in ("Binary", "Device"):
                         related.add(x.split("/", 1)[1])
                 elif x in entries:
                     related.update(entries[x]["patients"])

@@ -117,10 +117,9 @@ start_hfs() {
 # POST every transaction Bundle in order, then check hfs holds what the manifest says.
 load_data() {
   local base="$1" data="$DIR/data" f code
-  if [[ ! -s "$data/manifest.json" ]]; then
-    python3 "$HERE/gen_data.py" "$data" 2>>"$DIR/load.log"
-  fi
   : > "$DIR/load.log"
+  rm -rf "$data"
+  python3 "$HERE/gen_data.py" "$data" 2>>"$DIR/load.log"
   for f in "$data"/bundle-*.json; do
     code="$(curl -sS -o "$DIR/load-last.json" -w '%{http_code}' --max-time 300 -X POST \
       -H 'Content-Type: application/fhir+json' -H 'Accept: application/fhir+json' --data-binary "@$f" "$base")" \
