@@ -2,7 +2,7 @@
 //
 //   node server.mjs [PORT]        (or PORT=... node server.mjs); listens on 127.0.0.1, issuer http://127.0.0.1:PORT
 //
-// What it gives the tests (see scripts/README-testbed.md for the whole list):
+// What it gives the tests (see scripts/TESTBED.md for the whole list):
 // - JWT access tokens (RS256 by default, ES256 with token param alg=ES256) whose `aud` is the `resource` param;
 //   opaque access tokens with token param token_format=opaque (for the introspection path).
 // - SMART claims chosen per token with token params: patient, fhirUser, encounter, ttl (seconds; <= 0 gives an
