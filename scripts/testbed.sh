@@ -40,7 +40,7 @@ mkdir -p "$DIR"
 DIR="$(cd "$DIR" && pwd)"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-pid_of() { [[ -f "$DIR/$1.pid" ]] && cat "$DIR/$1.pid" || true; }
+pid_of() { if [[ -f "$DIR/$1.pid" ]]; then cat "$DIR/$1.pid"; fi; }
 # A pid counts as ours only if it is alive AND its command line still looks like what we started (pid reuse).
 ours() {
   local pid="$1" what="$2"
@@ -65,7 +65,7 @@ kill_ours() {
   if ours "$pid" "$what"; then
     kill "$pid" 2>/dev/null || true
     for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null || true
+    if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
     log "stopped $name (pid $pid)"
   fi
   rm -f "$DIR/$name.pid"
