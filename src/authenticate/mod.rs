@@ -32,6 +32,8 @@ use crate::net::HttpClient;
 
 /// Longest token considered (bounds the work an unauthenticated caller can cause).
 const MAX_TOKEN_LEN: usize = 16 * 1024;
+/// Floor of the background refresh pause (a zero `jwks_refresh_min` must not spin).
+const MIN_REFRESH_PAUSE: Duration = Duration::from_millis(10);
 
 /// Counters for the metrics module: plain atomics, read with `Ordering::Relaxed`.
 #[derive(Debug, Default)]
@@ -208,7 +210,7 @@ impl Authenticator {
                     None => return,
                 };
                 let Some(wait) = wait else { return };
-                tokio::time::sleep(wait.max(Duration::from_millis(100))).await;
+                tokio::time::sleep(wait.max(MIN_REFRESH_PAUSE)).await;
                 let Some(a) = weak.upgrade() else { return };
                 if let Some(j) = &a.jwt {
                     let _ = j.store().refresh().await;

@@ -1,0 +1,5 @@
+//! Shared test kit.
+#![allow(dead_code)]
+
+pub mod keys;
+pub mod server;
