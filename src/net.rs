@@ -129,11 +129,12 @@ pub fn tls_config(opts: &ClientOptions) -> Result<ClientConfig, NetError> {
             roots.add(cert).map_err(NetError::Tls)?;
         }
     }
-    let builder =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(NetError::Tls)?
-            .with_root_certificates(roots);
+    let builder = ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(NetError::Tls)?
+    .with_root_certificates(roots);
     match (&opts.client_cert_file, &opts.client_key_file) {
         (None, None) => Ok(builder.with_no_client_auth()),
         (Some(cert), Some(key)) => {
@@ -219,7 +220,9 @@ mod tests {
             ..ClientOptions::default()
         };
         match tls_config(&opts) {
-            Err(NetError::Pem { path, .. }) => assert_eq!(path, PathBuf::from("/nonexistent-ca.pem")),
+            Err(NetError::Pem { path, .. }) => {
+                assert_eq!(path, PathBuf::from("/nonexistent-ca.pem"))
+            }
             other => panic!("unexpected {other:?}"),
         }
     }

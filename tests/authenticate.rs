@@ -78,10 +78,15 @@ async fn fetches_at_start_and_verifies() {
     assert_eq!(s.jwks_hits(), 1);
     assert_eq!(a.stats().keys_held.load(Ordering::Relaxed), 1);
     assert_eq!(a.stats().jwks_fetch_ok.load(Ordering::Relaxed), 1);
-    let g = a.authenticate(&bearer(&k1.sign(&claims())), None).await.unwrap();
+    let g = a
+        .authenticate(&bearer(&k1.sign(&claims())), None)
+        .await
+        .unwrap();
     assert_eq!(g.patient.as_deref(), Some("p1"));
     assert_eq!(
-        a.authenticate(&bearer("x"), Some("access_token=x")).await.err(),
+        a.authenticate(&bearer("x"), Some("access_token=x"))
+            .await
+            .err(),
         Some(AuthError::TokenInQuery)
     );
     assert_eq!(
@@ -110,7 +115,11 @@ async fn discovers_jwks_uri_from_the_issuer() {
     let mut j = JwtConfig::new(format!("{}/", s.base));
     j.jwks_uri = None;
     let a = auth(Some(j), None).await;
-    assert!(a.readiness().unwrap_err().contains("not the configured issuer"));
+    assert!(
+        a.readiness()
+            .unwrap_err()
+            .contains("not the configured issuer")
+    );
 }
 
 #[tokio::test]
@@ -155,7 +164,10 @@ async fn unknown_kid_refetches_once_then_cooldown() {
     s.set(|st| st.jwks = keys::jwks(&[&k1, &k2]));
     assert_eq!(check(&a, &k2.sign(&claims())).await, Ok(TokenKind::Jwt));
     assert_eq!(s.jwks_hits(), 2);
-    assert_eq!(a.stats().jwks_unknown_kid_refetches.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        a.stats().jwks_unknown_kid_refetches.load(Ordering::Relaxed),
+        1
+    );
     // Within the cooldown: unknown kids do not fetch.
     for i in 0..10 {
         let t = with_kid(&k1, &format!("nope{i}"));
@@ -164,7 +176,10 @@ async fn unknown_kid_refetches_once_then_cooldown() {
     assert_eq!(s.jwks_hits(), 2);
     // After the cooldown: one more.
     tokio::time::sleep(Duration::from_millis(350)).await;
-    assert_eq!(check(&a, &with_kid(&k1, "nope")).await, Err(AuthError::UnknownKey));
+    assert_eq!(
+        check(&a, &with_kid(&k1, "nope")).await,
+        Err(AuthError::UnknownKey)
+    );
     assert_eq!(s.jwks_hits(), 3);
     // Known keys never fetch.
     assert_eq!(check(&a, &k1.sign(&claims())).await, Ok(TokenKind::Jwt));
@@ -218,7 +233,10 @@ async fn jwks_down_past_max_staleness_fails_closed() {
     let task = a.spawn_refresh().unwrap();
     let t = k1.sign(&claims());
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(s.jwks_hits() >= 3, "background refresh per Cache-Control (bounded)");
+    assert!(
+        s.jwks_hits() >= 3,
+        "background refresh per Cache-Control (bounded)"
+    );
     s.set(|st| st.jwks_status = 500);
     let down = Instant::now();
     tokio::time::sleep(Duration::from_millis(150)).await;
@@ -293,10 +311,16 @@ async fn introspection_positive_cache_coalesces() {
 async fn introspection_negative_cache_and_refusals() {
     let s = server::start(State::default()).await;
     s.set(|st| {
-        st.answers.insert("bad-patient".into(), active(json!({"patient": "Patient/1"})));
-        st.answers.insert("expired".into(), active(json!({"exp": now() - 5})));
-        st.answers.insert("stringly".into(), active(json!({"active": "true"})));
-        st.answers.insert("no-exp".into(), active(json!({"exp": null})));
+        st.answers.insert(
+            "bad-patient".into(),
+            active(json!({"patient": "Patient/1"})),
+        );
+        st.answers
+            .insert("expired".into(), active(json!({"exp": now() - 5})));
+        st.answers
+            .insert("stringly".into(), active(json!({"active": "true"})));
+        st.answers
+            .insert("no-exp".into(), active(json!({"exp": null})));
     });
     let mut i = intro_cfg(&s);
     i.negative_cache_ttl = ms(300);
@@ -307,7 +331,10 @@ async fn introspection_negative_cache_and_refusals() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(check(&a, "revoked").await, Err(AuthError::Inactive));
     assert_eq!(s.introspect_hits(), 2, "negative cache expired");
-    assert_eq!(check(&a, "bad-patient").await, Err(AuthError::BadPatientClaim));
+    assert_eq!(
+        check(&a, "bad-patient").await,
+        Err(AuthError::BadPatientClaim)
+    );
     assert_eq!(check(&a, "expired").await, Err(AuthError::Expired));
     assert_eq!(check(&a, "stringly").await, Err(AuthError::Inactive));
     assert_eq!(check(&a, "no-exp").await, Err(AuthError::MissingClaim));
@@ -317,7 +344,8 @@ async fn introspection_negative_cache_and_refusals() {
 async fn positive_answers_live_no_longer_than_exp() {
     let s = server::start(State::default()).await;
     s.set(|st| {
-        st.answers.insert("short".into(), active(json!({"exp": now() + 1})));
+        st.answers
+            .insert("short".into(), active(json!({"exp": now() + 1})));
     });
     let a = auth(None, Some(intro_cfg(&s))).await;
     assert!(check(&a, "short").await.is_ok());
@@ -337,12 +365,21 @@ async fn introspection_failures_fail_closed_and_are_not_cached() {
         st.answers.insert("t".into(), active(json!({})));
     });
     let a = auth(None, Some(intro_cfg(&s))).await;
-    assert_eq!(check(&a, "t").await, Err(AuthError::IntrospectionUnavailable));
-    assert_eq!(check(&a, "t").await, Err(AuthError::IntrospectionUnavailable));
+    assert_eq!(
+        check(&a, "t").await,
+        Err(AuthError::IntrospectionUnavailable)
+    );
+    assert_eq!(
+        check(&a, "t").await,
+        Err(AuthError::IntrospectionUnavailable)
+    );
     assert_eq!(s.introspect_hits(), 2);
     assert_eq!(a.stats().introspection_failures.load(Ordering::Relaxed), 2);
     s.set(|st| st.introspect_status = 401);
-    assert_eq!(check(&a, "t").await, Err(AuthError::IntrospectionUnavailable));
+    assert_eq!(
+        check(&a, "t").await,
+        Err(AuthError::IntrospectionUnavailable)
+    );
     s.set(|st| st.introspect_status = 200);
     assert!(check(&a, "t").await.is_ok());
 }
@@ -358,7 +395,10 @@ async fn introspection_timeout_is_bounded() {
     i.timeout = ms(200);
     let a = auth(None, Some(i)).await;
     let started = Instant::now();
-    assert_eq!(check(&a, "t").await, Err(AuthError::IntrospectionUnavailable));
+    assert_eq!(
+        check(&a, "t").await,
+        Err(AuthError::IntrospectionUnavailable)
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
     // Unreachable endpoint: refused, not hung.
     let mut i = IntrospectionConfig::new("http://127.0.0.1:9/introspect", "proxy");
@@ -366,7 +406,10 @@ async fn introspection_timeout_is_bounded() {
     i.timeout = ms(500);
     let a = auth(None, Some(i)).await;
     let started = Instant::now();
-    assert_eq!(check(&a, "t").await, Err(AuthError::IntrospectionUnavailable));
+    assert_eq!(
+        check(&a, "t").await,
+        Err(AuthError::IntrospectionUnavailable)
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
 }
 

@@ -59,9 +59,9 @@ fn scopes(claims: &Map<String, Value>, names: &[String]) -> Result<ScopeSet, Aut
     match lookup(claims, names) {
         None => Ok(ScopeSet::parse("")),
         Some(Value::String(s)) => Ok(ScopeSet::parse(s)),
-        Some(Value::Array(items)) => Ok(ScopeSet::from_iter(
-            items.iter().filter_map(Value::as_str),
-        )),
+        Some(Value::Array(items)) => {
+            Ok(ScopeSet::from_iter(items.iter().filter_map(Value::as_str)))
+        }
         Some(_) => Err(AuthError::Malformed),
     }
 }
@@ -119,7 +119,12 @@ mod tests {
     }
 
     fn grant(v: Value) -> Result<Grant, AuthError> {
-        grant_from_claims(&claims(v), &ClaimsMapping::default(), TokenKind::Jwt, [7; 32])
+        grant_from_claims(
+            &claims(v),
+            &ClaimsMapping::default(),
+            TokenKind::Jwt,
+            [7; 32],
+        )
     }
 
     #[test]
@@ -160,7 +165,10 @@ mod tests {
         let g = grant(json!({"exp": 5})).unwrap();
         assert!(g.scopes.data().is_empty());
         assert!(g.patient.is_none());
-        assert_eq!(grant(json!({"exp": 5, "scope": {"a": 1}})).err(), Some(AuthError::Malformed));
+        assert_eq!(
+            grant(json!({"exp": 5, "scope": {"a": 1}})).err(),
+            Some(AuthError::Malformed)
+        );
     }
 
     #[test]
@@ -223,10 +231,19 @@ mod tests {
     #[test]
     fn exp_and_types() {
         assert_eq!(grant(json!({})).err(), Some(AuthError::MissingClaim));
-        assert_eq!(grant(json!({"exp": "soon"})).err(), Some(AuthError::Malformed));
+        assert_eq!(
+            grant(json!({"exp": "soon"})).err(),
+            Some(AuthError::Malformed)
+        );
         assert_eq!(grant(json!({"exp": -1})).err(), Some(AuthError::Malformed));
-        assert_eq!(grant(json!({"exp": 5, "sub": 1})).err(), Some(AuthError::Malformed));
-        assert_eq!(grant(json!({"exp": 5, "iss": []})).err(), Some(AuthError::Malformed));
+        assert_eq!(
+            grant(json!({"exp": 5, "sub": 1})).err(),
+            Some(AuthError::Malformed)
+        );
+        assert_eq!(
+            grant(json!({"exp": 5, "iss": []})).err(),
+            Some(AuthError::Malformed)
+        );
         assert_eq!(
             grant(json!({"exp": 5, "fhirUser": {"r": 1}})).err(),
             Some(AuthError::Malformed)

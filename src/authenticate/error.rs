@@ -174,7 +174,11 @@ impl std::fmt::Display for AuthInitError {
         match self {
             AuthInitError::Config(m) => write!(f, "auth configuration: {m}"),
             AuthInitError::SecretFile(p, e) => {
-                write!(f, "auth.introspection.client_secret_file {}: {e}", p.display())
+                write!(
+                    f,
+                    "auth.introspection.client_secret_file {}: {e}",
+                    p.display()
+                )
             }
         }
     }

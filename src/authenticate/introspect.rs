@@ -77,7 +77,10 @@ impl Introspector {
         stats: Arc<AuthStats>,
     ) -> Result<Introspector, AuthInitError> {
         let endpoint: http::Uri = cfg.endpoint.parse().map_err(|e| {
-            AuthInitError::Config(format!("auth.introspection.endpoint {:?}: {e}", cfg.endpoint))
+            AuthInitError::Config(format!(
+                "auth.introspection.endpoint {:?}: {e}",
+                cfg.endpoint
+            ))
         })?;
         if !matches!(endpoint.scheme_str(), Some("https" | "http")) {
             return Err(AuthInitError::Config(format!(

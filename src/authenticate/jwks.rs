@@ -269,7 +269,10 @@ impl KeyStore {
     pub(crate) fn readiness(&self) -> Result<(), String> {
         let last_error = lock(&self.last_error).clone().unwrap_or_default();
         match self.age() {
-            None => Err(format!("JWKS of {} not fetched yet: {last_error}", self.issuer)),
+            None => Err(format!(
+                "JWKS of {} not fetched yet: {last_error}",
+                self.issuer
+            )),
             Some(age) if age > self.max_staleness => Err(format!(
                 "JWKS of {} is stale: last fetched {}s ago (max {}s): {last_error}",
                 self.issuer,
@@ -338,7 +341,8 @@ impl KeyStore {
                     Ok(mut k) => *k = Arc::clone(set),
                     Err(poisoned) => *poisoned.into_inner() = Arc::clone(set),
                 }
-                let now_ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+                let now_ms =
+                    u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
                 self.last_success.store(now_ms + 1, Ordering::Release);
                 *lock(&self.last_error) = None;
                 self.next_refresh_ms.store(
@@ -442,10 +446,22 @@ mod tests {
     #[test]
     fn key_type_decides_the_algorithms() {
         let set = parse(vec![rsa(json!({}))], &[Algorithm::RS256, Algorithm::ES256]);
-        assert!(matches!(set.find(Some("r1"), Algorithm::RS256), Found::Key(_)));
-        assert!(matches!(set.find(Some("r1"), Algorithm::ES256), Found::WrongAlgorithm));
-        assert!(matches!(set.find(Some("r1"), Algorithm::HS256), Found::WrongAlgorithm));
-        assert!(matches!(set.find(Some("r2"), Algorithm::RS256), Found::Missing));
+        assert!(matches!(
+            set.find(Some("r1"), Algorithm::RS256),
+            Found::Key(_)
+        ));
+        assert!(matches!(
+            set.find(Some("r1"), Algorithm::ES256),
+            Found::WrongAlgorithm
+        ));
+        assert!(matches!(
+            set.find(Some("r1"), Algorithm::HS256),
+            Found::WrongAlgorithm
+        ));
+        assert!(matches!(
+            set.find(Some("r2"), Algorithm::RS256),
+            Found::Missing
+        ));
         // Without kid: the single candidate.
         assert!(matches!(set.find(None, Algorithm::RS256), Found::Key(_)));
         // The key's own alg narrows further.
@@ -453,8 +469,14 @@ mod tests {
             vec![rsa(json!({"alg": "PS256"}))],
             &[Algorithm::RS256, Algorithm::PS256],
         );
-        assert!(matches!(set.find(Some("r1"), Algorithm::RS256), Found::WrongAlgorithm));
-        assert!(matches!(set.find(Some("r1"), Algorithm::PS256), Found::Key(_)));
+        assert!(matches!(
+            set.find(Some("r1"), Algorithm::RS256),
+            Found::WrongAlgorithm
+        ));
+        assert!(matches!(
+            set.find(Some("r1"), Algorithm::PS256),
+            Found::Key(_)
+        ));
     }
 
     #[test]
@@ -474,8 +496,14 @@ mod tests {
             &[Algorithm::RS256],
         );
         assert_eq!(set.len(), 1);
-        assert!(matches!(set.find(Some("r1"), Algorithm::RS256), Found::Key(_)));
-        assert!(matches!(set.find(Some("h"), Algorithm::HS256), Found::Missing));
+        assert!(matches!(
+            set.find(Some("r1"), Algorithm::RS256),
+            Found::Key(_)
+        ));
+        assert!(matches!(
+            set.find(Some("h"), Algorithm::HS256),
+            Found::Missing
+        ));
         assert!(KeySet::parse(b"{}", &[Algorithm::RS256]).is_err());
         assert!(KeySet::parse(b"nope", &[Algorithm::RS256]).is_err());
     }
@@ -495,11 +523,17 @@ mod tests {
         let max = Duration::from_secs(3600);
         let mut h = http::HeaderMap::new();
         assert_eq!(refresh_interval(&h, min, max), DEFAULT_REFRESH);
-        h.insert(http::header::CACHE_CONTROL, "public, max-age=600".parse().unwrap());
+        h.insert(
+            http::header::CACHE_CONTROL,
+            "public, max-age=600".parse().unwrap(),
+        );
         assert_eq!(refresh_interval(&h, min, max), Duration::from_secs(600));
         h.insert(http::header::CACHE_CONTROL, "max-age=5".parse().unwrap());
         assert_eq!(refresh_interval(&h, min, max), min);
-        h.insert(http::header::CACHE_CONTROL, "max-age=999999".parse().unwrap());
+        h.insert(
+            http::header::CACHE_CONTROL,
+            "max-age=999999".parse().unwrap(),
+        );
         assert_eq!(refresh_interval(&h, min, max), max);
         h.insert(http::header::CACHE_CONTROL, "no-store".parse().unwrap());
         assert_eq!(refresh_interval(&h, min, max), min);

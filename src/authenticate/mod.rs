@@ -85,8 +85,7 @@ pub fn token_hash(token: &str) -> [u8; 32] {
 fn has_query_token(query: &str) -> bool {
     query.split('&').any(|pair| {
         let name = pair.split_once('=').map_or(pair, |(n, _)| n);
-        name == "access_token"
-            || crate::pct::decode(name).is_ok_and(|n| n == "access_token")
+        name == "access_token" || crate::pct::decode(name).is_ok_and(|n| n == "access_token")
     })
 }
 
@@ -163,7 +162,9 @@ impl Authenticator {
         };
         let always_introspect = cfg.introspection.as_ref().is_some_and(|i| i.always);
         if jwt.is_none() && introspection.is_none() {
-            tracing::warn!("neither auth.jwt nor auth.introspection is configured: every request is refused");
+            tracing::warn!(
+                "neither auth.jwt nor auth.introspection is configured: every request is refused"
+            );
         }
         let auth = Authenticator {
             realm: cfg.realm.clone(),
@@ -192,7 +193,9 @@ impl Authenticator {
     /// `Ok` when tokens can be checked; otherwise why not, for `/readyz`.
     pub fn readiness(&self) -> Result<(), String> {
         match (&self.jwt, &self.introspection) {
-            (None, None) => Err("no token verification configured (auth.jwt, auth.introspection)".into()),
+            (None, None) => {
+                Err("no token verification configured (auth.jwt, auth.introspection)".into())
+            }
             (Some(j), _) => j.store().readiness(),
             (None, Some(_)) => Ok(()),
         }
@@ -275,7 +278,9 @@ fn check_jwt_config(j: &JwtConfig) -> Result<(), AuthInitError> {
         return err("jwks_refresh_min must not exceed jwks_refresh_max");
     }
     if j.max_staleness <= j.jwks_refresh_max {
-        return err("max_staleness must exceed jwks_refresh_max, or keys go stale between refreshes");
+        return err(
+            "max_staleness must exceed jwks_refresh_max, or keys go stale between refreshes",
+        );
     }
     Ok(())
 }

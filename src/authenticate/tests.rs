@@ -90,7 +90,10 @@ async fn valid_rs256_and_es256_tokens() {
 async fn eddsa_and_ps256_only_when_allowed() {
     let v = verifier();
     let t = kit().ed.sign(&claims());
-    assert_eq!(check(&v, &t).await.err(), Some(AuthError::DisallowedAlgorithm));
+    assert_eq!(
+        check(&v, &t).await.err(),
+        Some(AuthError::DisallowedAlgorithm)
+    );
     let mut cfg = config();
     cfg.algorithms = vec![SigningAlgorithm::EdDSA, SigningAlgorithm::PS256];
     let v = verifier_with(cfg, &[AUDIENCE], ClaimsMapping::default());
@@ -102,7 +105,10 @@ async fn eddsa_and_ps256_only_when_allowed() {
     assert_eq!(check(&v, &ps).await.err(), Some(AuthError::UnknownKey));
     // RS256 is no longer in the allow-list.
     let rs = kit().rsa.sign(&claims());
-    assert_eq!(check(&v, &rs).await.err(), Some(AuthError::DisallowedAlgorithm));
+    assert_eq!(
+        check(&v, &rs).await.err(),
+        Some(AuthError::DisallowedAlgorithm)
+    );
 }
 
 #[tokio::test]
@@ -110,10 +116,17 @@ async fn alg_none_is_refused() {
     let v = verifier();
     for alg in ["none", "None", "NONE", ""] {
         let t = forge(&json!({"alg": alg, "kid": "r1"}), &claims(), b"");
-        assert_eq!(check(&v, &t).await.err(), Some(AuthError::DisallowedAlgorithm), "{alg}");
+        assert_eq!(
+            check(&v, &t).await.err(),
+            Some(AuthError::DisallowedAlgorithm),
+            "{alg}"
+        );
     }
     let t = forge(&json!({"kid": "r1"}), &claims(), b"x");
-    assert_eq!(check(&v, &t).await.err(), Some(AuthError::DisallowedAlgorithm));
+    assert_eq!(
+        check(&v, &t).await.err(),
+        Some(AuthError::DisallowedAlgorithm)
+    );
     // Unsigned with a trailing dot missing entirely.
     let t = forge(&json!({"alg": "none"}), &claims(), b"");
     let t = t.trim_end_matches('.');
@@ -124,7 +137,10 @@ async fn alg_none_is_refused() {
 async fn hs256_keyed_with_the_public_key_is_refused() {
     let v = verifier();
     let t = keys::hs256_with_public_key(&kit().rsa, &claims());
-    assert_eq!(check(&v, &t).await.err(), Some(AuthError::DisallowedAlgorithm));
+    assert_eq!(
+        check(&v, &t).await.err(),
+        Some(AuthError::DisallowedAlgorithm)
+    );
 }
 
 #[tokio::test]
@@ -134,7 +150,10 @@ async fn header_alg_must_match_the_key_type() {
     let mut h = Header::new(Algorithm::ES256);
     h.kid = Some("r1".into());
     let t = kit().ec.sign_with(h, &claims());
-    assert_eq!(check(&v, &t).await.err(), Some(AuthError::DisallowedAlgorithm));
+    assert_eq!(
+        check(&v, &t).await.err(),
+        Some(AuthError::DisallowedAlgorithm)
+    );
     // RS256 header and kid, signed by the EC key's bytes: signature fails.
     let good = kit().rsa.sign(&claims());
     let other = kit().ec.sign(&claims());
@@ -143,7 +162,10 @@ async fn header_alg_must_match_the_key_type() {
         good.rsplit_once('.').unwrap().0,
         other.rsplit_once('.').unwrap().1
     );
-    assert_eq!(check(&v, &forged).await.err(), Some(AuthError::BadSignature));
+    assert_eq!(
+        check(&v, &forged).await.err(),
+        Some(AuthError::BadSignature)
+    );
 }
 
 #[tokio::test]
@@ -162,7 +184,11 @@ async fn forbidden_headers() {
         let mut h = json!({"alg": "RS256", "kid": "r1", "typ": "JWT"});
         h[name] = value;
         let t = forge(&h, &claims(), b"sig");
-        assert_eq!(check(&v, &t).await.err(), Some(AuthError::ForbiddenHeader), "{name}");
+        assert_eq!(
+            check(&v, &t).await.err(),
+            Some(AuthError::ForbiddenHeader),
+            "{name}"
+        );
     }
     // Properly signed with jku present: still refused.
     let mut h = Header::new(Algorithm::RS256);
@@ -232,9 +258,19 @@ async fn times_with_leeway() {
 #[tokio::test]
 async fn bad_patient_claim_is_an_invalid_token() {
     let v = verifier();
-    for p in [json!("Patient/1"), json!("1 2"), json!(7), json!(""), json!("a,b")] {
+    for p in [
+        json!("Patient/1"),
+        json!("1 2"),
+        json!(7),
+        json!(""),
+        json!("a,b"),
+    ] {
         let t = kit().rsa.sign(&with(claims(), "patient", p.clone()));
-        assert_eq!(check(&v, &t).await.err(), Some(AuthError::BadPatientClaim), "{p}");
+        assert_eq!(
+            check(&v, &t).await.err(),
+            Some(AuthError::BadPatientClaim),
+            "{p}"
+        );
     }
 }
 
@@ -246,7 +282,11 @@ async fn claims_mapping_for_real_providers() {
     };
     let v = verifier_with(config(), &[AUDIENCE], mapping);
     let c = without(without(claims(), "scope"), "client_id");
-    let c = with(c, "scp", json!(["patient/Observation.rs", "patient/Patient.r"]));
+    let c = with(
+        c,
+        "scp",
+        json!(["patient/Observation.rs", "patient/Patient.r"]),
+    );
     let c = with(c, "azp", json!("app-azp"));
     let c = with(c, "launch_patient", json!("p42"));
     let g = check(&v, &kit().rsa.sign(&c)).await.unwrap();
@@ -268,7 +308,9 @@ async fn unknown_kid_and_kidless_tokens() {
     // Cooldown is active (keys just installed): no fetch, refused.
     assert_eq!(check(&v, &t).await.err(), Some(AuthError::UnknownKey));
     // No kid, exactly one RS256-capable key: found.
-    let t = kit().rsa.sign_with(Header::new(Algorithm::RS256), &claims());
+    let t = kit()
+        .rsa
+        .sign_with(Header::new(Algorithm::RS256), &claims());
     assert!(check(&v, &t).await.is_ok());
 }
 
@@ -325,12 +367,30 @@ fn headers(auth: &[&str]) -> http::HeaderMap {
 #[test]
 fn bearer_extraction() {
     assert_eq!(bearer(&headers(&[]), None), Err(AuthError::MissingToken));
-    assert_eq!(bearer(&headers(&["Basic abc"]), None), Err(AuthError::MissingToken));
-    assert_eq!(bearer(&headers(&["Bearer"]), None), Err(AuthError::Malformed));
-    assert_eq!(bearer(&headers(&["Bearer "]), None), Err(AuthError::Malformed));
-    assert_eq!(bearer(&headers(&["Bearer a b"]), None), Err(AuthError::Malformed));
-    assert_eq!(bearer(&headers(&["Bearer a\"b"]), None), Err(AuthError::Malformed));
-    assert_eq!(bearer(&headers(&["Bearer abc.def-_~+/=="]), None), Ok("abc.def-_~+/=="));
+    assert_eq!(
+        bearer(&headers(&["Basic abc"]), None),
+        Err(AuthError::MissingToken)
+    );
+    assert_eq!(
+        bearer(&headers(&["Bearer"]), None),
+        Err(AuthError::Malformed)
+    );
+    assert_eq!(
+        bearer(&headers(&["Bearer "]), None),
+        Err(AuthError::Malformed)
+    );
+    assert_eq!(
+        bearer(&headers(&["Bearer a b"]), None),
+        Err(AuthError::Malformed)
+    );
+    assert_eq!(
+        bearer(&headers(&["Bearer a\"b"]), None),
+        Err(AuthError::Malformed)
+    );
+    assert_eq!(
+        bearer(&headers(&["Bearer abc.def-_~+/=="]), None),
+        Ok("abc.def-_~+/==")
+    );
     assert_eq!(bearer(&headers(&["bearer   abc"]), None), Ok("abc"));
     assert_eq!(bearer(&headers(&["BEARER abc"]), None), Ok("abc"));
     assert_eq!(
@@ -351,7 +411,13 @@ fn bearer_extraction() {
             "{q}"
         );
     }
-    assert_eq!(bearer(&headers(&["Bearer abc"]), Some("x_access_token=1&a=access_token")), Ok("abc"));
+    assert_eq!(
+        bearer(
+            &headers(&["Bearer abc"]),
+            Some("x_access_token=1&a=access_token")
+        ),
+        Ok("abc")
+    );
 }
 
 #[test]
@@ -366,27 +432,39 @@ fn token_hash_is_sha256() {
 #[tokio::test]
 async fn nothing_configured_refuses_everything() {
     let client = net::client(&net::ClientOptions::default()).unwrap();
-    let a = Authenticator::new(&AuthConfig::default(), AUDIENCE, client).await.unwrap();
+    let a = Authenticator::new(&AuthConfig::default(), AUDIENCE, client)
+        .await
+        .unwrap();
     let t = kit().rsa.sign(&claims());
     let h = headers(&[&format!("Bearer {t}")]);
-    assert_eq!(a.authenticate(&h, None).await.err(), Some(AuthError::NotConfigured));
-    assert_eq!(a.authenticate(&headers(&[]), None).await.err(), Some(AuthError::MissingToken));
+    assert_eq!(
+        a.authenticate(&h, None).await.err(),
+        Some(AuthError::NotConfigured)
+    );
+    assert_eq!(
+        a.authenticate(&headers(&[]), None).await.err(),
+        Some(AuthError::MissingToken)
+    );
     assert!(a.readiness().is_err());
 }
 
 #[tokio::test]
 async fn inconsistent_config_is_an_init_error() {
     let client = net::client(&net::ClientOptions::default()).unwrap();
-    let mut cfg = AuthConfig::default();
     let mut j = config();
     j.max_staleness = j.jwks_refresh_max;
-    cfg.jwt = Some(j);
+    let cfg = AuthConfig {
+        jwt: Some(j),
+        ..AuthConfig::default()
+    };
     assert!(matches!(
         Authenticator::new(&cfg, AUDIENCE, client.clone()).await,
         Err(AuthInitError::Config(_))
     ));
-    let mut cfg = AuthConfig::default();
-    cfg.introspection = Some(IntrospectionConfig::new("https://as/i", "me"));
+    let mut cfg = AuthConfig {
+        introspection: Some(IntrospectionConfig::new("https://as/i", "me")),
+        ..AuthConfig::default()
+    };
     assert!(matches!(
         Authenticator::new(&cfg, AUDIENCE, client.clone()).await,
         Err(AuthInitError::Config(_))

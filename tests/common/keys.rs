@@ -42,21 +42,33 @@ pub fn rsa(kid: &str) -> TestKey {
         "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
         lines.join("\n")
     );
-    finish(kid, Algorithm::RS256, EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap())
+    finish(
+        kid,
+        Algorithm::RS256,
+        EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(),
+    )
 }
 
 /// A fresh P-256 key (ES256).
 pub fn ec(kid: &str) -> TestKey {
     let kp = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
     let der = kp.to_pkcs8v1().unwrap();
-    finish(kid, Algorithm::ES256, EncodingKey::from_ec_der(der.as_ref()))
+    finish(
+        kid,
+        Algorithm::ES256,
+        EncodingKey::from_ec_der(der.as_ref()),
+    )
 }
 
 /// A fresh Ed25519 key (EdDSA).
 pub fn ed(kid: &str) -> TestKey {
     let kp = Ed25519KeyPair::generate().unwrap();
     let der = kp.to_pkcs8v1().unwrap();
-    finish(kid, Algorithm::EdDSA, EncodingKey::from_ed_der(der.as_ref()))
+    finish(
+        kid,
+        Algorithm::EdDSA,
+        EncodingKey::from_ed_der(der.as_ref()),
+    )
 }
 
 impl TestKey {

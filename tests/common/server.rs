@@ -108,7 +108,12 @@ async fn handle(
             server.jwks_hits.fetch_add(1, Ordering::SeqCst);
             let (delay, status, body, cc) = {
                 let s = server.state.lock().unwrap();
-                (s.jwks_delay, s.jwks_status, s.jwks.to_string(), s.cache_control.clone())
+                (
+                    s.jwks_delay,
+                    s.jwks_status,
+                    s.jwks.to_string(),
+                    s.cache_control.clone(),
+                )
             };
             tokio::time::sleep(delay).await;
             Ok(resp(status, body, cc))
