@@ -72,7 +72,7 @@ pub async fn build(cfg: &Config) -> Result<(TcpListener, TcpListener, Arc<Gatewa
     let public = parse_base_url(&cfg.public_base_url).map_err(StartError::Config)?;
     let upstream_base = parse_base_url(&cfg.upstream.url).map_err(StartError::Config)?;
     let client = crate::net::client(&crate::net::ClientOptions {
-        ca_file: cfg.upstream.ca_file.clone(),
+        extra_ca_file: cfg.upstream.ca_file.clone(),
         connect_timeout: cfg.upstream.connect_timeout.0,
         pool_idle_timeout: cfg.upstream.pool_idle_timeout.0,
         ..Default::default()

@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod keys;
+pub mod server;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
