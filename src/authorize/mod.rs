@@ -625,10 +625,16 @@ fn open_context(
             ));
         }
         if op.name == "export" && granular {
+            // A wildcard export is only "granular" when per-type scopes exist: no `*`.
+            let code = if matches!(need.types, Types::Wildcard) {
+                "no-scope"
+            } else {
+                "granular-scope"
+            };
             return Verdict::Deny(deny(
                 403,
-                "granular-scope",
-                "$export needs unrestricted scopes",
+                code,
+                "$export needs unrestricted system/ scopes on every exported type",
                 scope,
             ));
         }
