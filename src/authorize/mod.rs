@@ -1,5 +1,4 @@
-//! Stage 3, **authorize**: [`Grant`](crate::authenticate::Grant) +
-//! [`FhirRequest`](crate::classify::FhirRequest) ⇒ [`Decision`].
+//! Stage 3, **authorize**: [`Grant`] + [`FhirRequest`] ⇒ [`Decision`].
 //!
 //! Pure: no I/O, no clock. A `Decision` says what to forward (possibly narrowed), what
 //! must be checked before a write goes out, and how the response must be filtered; or it
