@@ -33,5 +33,6 @@ pub mod classify;
 pub mod compartment;
 pub mod duration;
 pub mod fhir;
+pub mod filter;
 pub mod pct;
 pub mod scope;
