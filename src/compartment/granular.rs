@@ -109,6 +109,12 @@ fn lookup(rtype: ResourceType, code: &str) -> Option<&'static Compiled> {
         .find_map(|base| COMPILED.get(base)?.get(code))
 }
 
+/// The compiled expression of search parameter `code` on `rtype`, when it has one in
+/// the subset (the response filter reads `patient` of non-member types through it).
+pub(crate) fn expression(rtype: ResourceType, code: &str) -> Option<&'static Expr> {
+    lookup(rtype, code)?.expr.as_ref().ok()
+}
+
 /// Whether `resource` (of type `rtype`) matches every parameter of one granular scope.
 pub fn matches(
     resource: &Value,
