@@ -109,9 +109,11 @@ fn lookup(rtype: ResourceType, code: &str) -> Option<&'static Compiled> {
         .find_map(|base| COMPILED.get(base)?.get(code))
 }
 
-/// The compiled expression of search parameter `code` on `rtype`, when it has one in
-/// the subset (the response filter reads `patient` of non-member types through it).
+/// The compiled expression of search parameter `code` (a modifier is ignored) on `rtype`,
+/// when it has one in the subset: the response filter reads `patient` of non-member types
+/// through it, and parses only the top-level elements granular parameters read.
 pub(crate) fn expression(rtype: ResourceType, code: &str) -> Option<&'static Expr> {
+    let code = code.split(':').next().unwrap_or("");
     lookup(rtype, code)?.expr.as_ref().ok()
 }
 
@@ -126,17 +128,6 @@ pub fn matches(
         all &= matches_one(resource, rtype, p)?;
     }
     Ok(all)
-}
-
-/// Whether top-level element `key` of a `rtype` resource can influence [`matches`] for
-/// `params`: lets the Bundle filter parse only those elements.
-pub fn reads_top_level(rtype: ResourceType, params: &[GranularParam], key: &str) -> bool {
-    params.iter().any(|p| {
-        let code = p.name.split(':').next().unwrap_or("");
-        lookup(rtype, code)
-            .and_then(|c| c.expr.as_ref().ok())
-            .is_some_and(|e| e.reads_top_level(key))
-    })
 }
 
 fn matches_one(

@@ -140,18 +140,21 @@ pub fn is_member(resource: &Value, patient: &str, opts: &MembershipOptions) -> b
         .any(|r| patient_id(r, &opts.bases) == Some(patient))
 }
 
-/// Whether top-level element `key` of a `rtype` resource can influence [`is_member`]:
-/// lets the Bundle filter parse only those elements.
-pub fn reads_top_level(rtype: ResourceType, key: &str, opts: &MembershipOptions) -> bool {
-    match rtype {
-        ResourceType::PATIENT => key == "id",
-        ResourceType::GROUP => key == "member",
-        _ => COMPILED.get(&rtype).is_some_and(|exprs| {
-            exprs
-                .iter()
-                .any(|(role, e)| opts.counts(*role) && e.reads_top_level(key))
-        }),
-    }
+/// The compiled compartment parameters that decide membership of a `rtype` resource
+/// under `opts` (none for `Patient` and `Group`, whose rules read `id` and `member`): the
+/// Bundle filter parses only the top-level elements these read.
+pub(crate) fn membership_exprs(
+    rtype: ResourceType,
+    opts: &MembershipOptions,
+) -> impl Iterator<Item = &'static Expr> {
+    let actor = opts.actor_membership;
+    COMPILED
+        .get(&rtype)
+        .filter(|_| rtype != ResourceType::PATIENT && rtype != ResourceType::GROUP)
+        .into_iter()
+        .flatten()
+        .filter(move |(role, _)| *role == Role::Subject || actor)
+        .map(|(_, e)| e)
 }
 
 fn resource_type(resource: &Value) -> Option<ResourceType> {
@@ -422,12 +425,14 @@ mod tests {
 
     #[test]
     fn top_level_keys_read() {
-        let o = opts(false);
-        assert!(reads_top_level(ResourceType::OBSERVATION, "subject", &o));
-        assert!(!reads_top_level(ResourceType::OBSERVATION, "performer", &o));
-        assert!(reads_top_level(ResourceType::OBSERVATION, "performer", &opts(true)));
-        assert!(reads_top_level(ResourceType::PATIENT, "id", &o));
-        assert!(!reads_top_level(ResourceType::PRACTITIONER, "id", &o));
+        let reads = |actor: bool, t: ResourceType, key: &str| {
+            membership_exprs(t, &opts(actor)).any(|e| e.reads_top_level(key))
+        };
+        assert!(reads(false, ResourceType::OBSERVATION, "subject"));
+        assert!(!reads(false, ResourceType::OBSERVATION, "performer"));
+        assert!(reads(true, ResourceType::OBSERVATION, "performer"));
+        assert!(!reads(false, ResourceType::PATIENT, "id"));
+        assert!(!reads(false, ResourceType::PRACTITIONER, "id"));
     }
 
     #[test]

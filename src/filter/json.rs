@@ -108,6 +108,60 @@ impl<'de> de::Deserialize<'de> for Fields<'de> {
     }
 }
 
+/// A top-level Bundle value: raw, or (for `entry`) the entries read as fields in the same
+/// pass, so entry bytes are scanned once less.
+pub(crate) enum BundleValue<'a> {
+    /// Any other element, unparsed.
+    Raw(&'a RawValue),
+    /// `entry`.
+    Entries(Vec<Fields<'a>>),
+}
+
+/// A Bundle's top-level fields in document order.
+pub(crate) struct BundleFields<'a>(pub(crate) Vec<(Cow<'a, str>, BundleValue<'a>)>);
+
+impl<'a> BundleFields<'a> {
+    /// The raw value of `key` (not for `entry`).
+    pub(crate) fn raw(&self, key: &str) -> Option<&'a RawValue> {
+        self.0.iter().find_map(|(k, v)| match v {
+            BundleValue::Raw(r) if k == key => Some(*r),
+            _ => None,
+        })
+    }
+}
+
+impl<'de> de::Deserialize<'de> for BundleFields<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = BundleFields<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<BundleFields<'de>, A::Error> {
+                let mut seen = Seen::new();
+                let mut out = Vec::new();
+                while let Some(Key(k)) = map.next_key()? {
+                    if !seen.insert(&k) {
+                        return Err(de::Error::custom(format_args!("{DUPLICATE} `{k}`")));
+                    }
+                    let v = if k == "entry" {
+                        BundleValue::Entries(map.next_value()?)
+                    } else {
+                        BundleValue::Raw(map.next_value()?)
+                    };
+                    out.push((k, v));
+                }
+                Ok(BundleFields(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
 /// Parses an object into its fields.
 pub(crate) fn fields(raw: &str) -> Result<Fields<'_>, serde_json::Error> {
     serde_json::from_str(raw)

@@ -38,7 +38,7 @@ use serde_json::value::RawValue;
 use crate::authenticate::Grant;
 use crate::authorize::View;
 use crate::compartment::definition::is_member_type;
-use crate::compartment::fhirpath::{reference_type, split_reference};
+use crate::compartment::fhirpath::{Expr, reference_type, split_reference};
 use crate::compartment::granular;
 use crate::compartment::membership::{self, MembershipOptions, is_member, patient_id};
 use crate::fhir::ResourceType;
@@ -313,24 +313,23 @@ pub fn filter_bundle(
     rewrite_link: &dyn Fn(&str) -> Option<String>,
 ) -> Result<FilteredBundle, FilterError> {
     let text = std::str::from_utf8(body).map_err(|_| FilterError::NotUtf8)?;
-    let bundle = json::fields(text)?;
+    let bundle: json::BundleFields<'_> = serde_json::from_str(text)?;
     let rtype: Option<&str> = bundle
-        .get("resourceType")
+        .raw("resourceType")
         .and_then(|r| serde_json::from_str(r.get()).ok());
     if rtype != Some("Bundle") {
         return Err(FilterError::NotABundle);
     }
     let mut kept_entries: Vec<Vec<u8>> = Vec::new();
     let mut removed = 0usize;
-    if let Some(raw) = bundle.get("entry") {
-        let entries: Vec<json::Fields<'_>> =
-            serde_json::from_str(raw.get()).map_err(|e| match json::is_duplicate_key(&e) {
-                true => FilterError::DuplicateKey(e),
-                false => FilterError::Malformed("entry"),
-            })?;
+    let mut plans: Vec<KeyPlan> = Vec::new();
+    for (_, value) in &bundle.0 {
+        let json::BundleValue::Entries(entries) = value else {
+            continue;
+        };
         for entry in entries {
-            if entry_visible(&entry, view, grant, ctx)? {
-                kept_entries.push(write_entry(&entry, ctx)?);
+            if entry_visible(entry, view, grant, ctx, &mut plans)? {
+                kept_entries.push(write_entry(entry, ctx)?);
             } else {
                 removed += 1;
             }
@@ -341,32 +340,37 @@ pub fn filter_bundle(
     let mut first = true;
     for (key, value) in &bundle.0 {
         let key = key.as_ref();
-        let rewritten: Vec<u8>;
-        let bytes: &[u8] = match key {
-            "total" if removed > 0 => continue,
-            "entry" => {
-                if kept_entries.is_empty() {
-                    continue;
-                }
-                rewritten = join_array(&kept_entries);
-                &rewritten
+        let links: Vec<Vec<u8>>;
+        let part = match (key, value) {
+            (_, json::BundleValue::Entries(_)) => Part::Array(&kept_entries),
+            ("total", _) if removed > 0 => continue,
+            ("link", json::BundleValue::Raw(raw)) => {
+                links = rewrite_links(raw, ctx, rewrite_link)?;
+                Part::Array(&links)
             }
-            "link" => {
-                let links = rewrite_links(value, ctx, rewrite_link)?;
-                if links.is_empty() {
-                    continue;
-                }
-                rewritten = join_array(&links);
-                &rewritten
-            }
-            _ => value.get().as_bytes(),
+            (_, json::BundleValue::Raw(raw)) => Part::Raw(raw.get().as_bytes()),
         };
+        if matches!(part, Part::Array(items) if items.is_empty()) {
+            continue;
+        }
         if !first {
             out.push(b',');
         }
         first = false;
         write_key(&mut out, key)?;
-        out.extend_from_slice(bytes);
+        match part {
+            Part::Raw(bytes) => out.extend_from_slice(bytes),
+            Part::Array(items) => {
+                out.push(b'[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(item);
+                }
+                out.push(b']');
+            }
+        }
     }
     out.push(b'}');
     Ok(FilteredBundle {
@@ -376,23 +380,18 @@ pub fn filter_bundle(
     })
 }
 
+/// One top-level value of the output Bundle.
+enum Part<'a> {
+    /// Copied as is.
+    Raw(&'a [u8]),
+    /// Serialised items joined into an array (omitted when empty).
+    Array(&'a [Vec<u8>]),
+}
+
 fn write_key(out: &mut Vec<u8>, key: &str) -> Result<(), FilterError> {
     serde_json::to_writer(&mut *out, key)?;
     out.push(b':');
     Ok(())
-}
-
-fn join_array(items: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(items.iter().map(|i| i.len() + 1).sum::<usize>() + 2);
-    out.push(b'[');
-    for (i, item) in items.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(item);
-    }
-    out.push(b']');
-    out
 }
 
 /// A JSON string's value, or `Malformed(what)`.
@@ -469,11 +468,52 @@ fn write_entry(entry: &json::Fields<'_>, ctx: &FilterContext) -> Result<Vec<u8>,
     }
 }
 
+/// Which top-level elements of one resource type a decision reads (computed once per
+/// type and Bundle).
+struct KeyPlan {
+    rtype: ResourceType,
+    /// Elements read by name.
+    keys: Vec<&'static str>,
+    /// Expressions whose first step decides (compartment, granular, non-member `patient`).
+    exprs: Vec<&'static Expr>,
+}
+
+impl KeyPlan {
+    fn new(rtype: ResourceType, view: &View, grant: &Grant, ctx: &FilterContext) -> Self {
+        let mut keys = vec!["resourceType", "id"];
+        let mut exprs: Vec<&'static Expr> = Vec::new();
+        if view.context == Context::Patient {
+            match rtype {
+                ResourceType::GROUP => keys.push("member"),
+                ResourceType::BINARY => keys.push("securityContext"),
+                _ => {}
+            }
+            exprs.extend(membership::membership_exprs(rtype, &ctx.membership));
+            if !is_member_type(rtype) {
+                exprs.extend(granular::expression(rtype, "patient"));
+            }
+        }
+        for s in scopes(view, grant, rtype) {
+            exprs.extend(
+                s.granular
+                    .iter()
+                    .filter_map(|p| granular::expression(rtype, &p.name)),
+            );
+        }
+        KeyPlan { rtype, keys, exprs }
+    }
+
+    fn reads(&self, key: &str) -> bool {
+        self.keys.contains(&key) || self.exprs.iter().any(|e| e.reads_top_level(key))
+    }
+}
+
 fn entry_visible(
     entry: &json::Fields<'_>,
     view: &View,
     grant: &Grant,
     ctx: &FilterContext,
+    plans: &mut Vec<KeyPlan>,
 ) -> Result<bool, FilterError> {
     let Some(raw) = entry.get("resource") else {
         return Ok(resourceless_visible(entry, view, grant));
@@ -486,25 +526,20 @@ fn entry_visible(
     let Some(rtype) = ResourceType::parse(&rtype) else {
         return Ok(false);
     };
-    let granular: Vec<&SmartScope> = scopes(view, grant, rtype)
-        .filter(|s| !s.granular.is_empty())
-        .collect();
-    let patient_ctx = view.context == Context::Patient;
+    let plan = match plans.iter().position(|p| p.rtype == rtype) {
+        Some(i) => i,
+        None => {
+            plans.push(KeyPlan::new(rtype, view, grant, ctx));
+            plans.len() - 1
+        }
+    };
+    let Some(plan) = plans.get(plan) else {
+        return Ok(false);
+    };
     let mut reduced = serde_json::Map::new();
     for (key, value) in &resource.0 {
-        let key = key.as_ref();
-        let needed = key == "resourceType"
-            || key == "id"
-            || (patient_ctx
-                && (membership::reads_top_level(rtype, key, &ctx.membership)
-                    || (rtype == ResourceType::BINARY && key == "securityContext")
-                    || granular::expression(rtype, "patient")
-                        .is_some_and(|e| e.reads_top_level(key))))
-            || granular
-                .iter()
-                .any(|s| granular::reads_top_level(rtype, &s.granular, key));
-        if needed {
-            reduced.insert(key.to_owned(), json::strict_value(value.get())?);
+        if plan.reads(key) {
+            reduced.insert(key.as_ref().to_owned(), json::strict_value(value.get())?);
         }
     }
     Ok(check_resource(&Value::Object(reduced), view, grant, ctx) == Visibility::Visible)
