@@ -41,10 +41,12 @@ fn bundle(target_bytes: usize) -> Vec<u8> {
         }
         i += 1;
     }
-    serde_json::to_vec(&json!({"resourceType": "Bundle", "type": "searchset", "total": entries.len(),
+    serde_json::to_vec(
+        &json!({"resourceType": "Bundle", "type": "searchset", "total": entries.len(),
         "link": [{"relation": "self", "url": format!("{UP}/Observation?patient=A")},
                  {"relation": "next", "url": format!("{UP}?_getpages=abc")}],
-        "entry": entries}))
+        "entry": entries}),
+    )
     .unwrap_or_default()
 }
 
@@ -61,16 +63,27 @@ fn bench(c: &mut Criterion) {
         kind: TokenKind::Jwt,
         token_hash: [0; 32],
     };
-    let view = View { context: Context::Patient, patient: Some("A".into()), letter: Letter::S };
-    let ctx = FilterContext::new(UP, "https://gw.example/r4", false, NonMemberAccess::WhenGranted);
+    let view = View {
+        context: Context::Patient,
+        patient: Some("A".into()),
+        letter: Letter::S,
+    };
+    let ctx = FilterContext::new(
+        UP,
+        "https://gw.example/r4",
+        false,
+        NonMemberAccess::WhenGranted,
+    );
     let mut group = c.benchmark_group("filter_bundle");
     for (name, size) in [("1MB", 1 << 20), ("10MB", 10 << 20)] {
         let body = bundle(size);
         group.throughput(Throughput::Bytes(body.len() as u64));
         group.bench_function(name, |b| {
             b.iter(|| {
-                filter_bundle(black_box(&body), &view, &grant, &ctx, &|u| Some(u.to_owned()))
-                    .map(|f| f.kept)
+                filter_bundle(black_box(&body), &view, &grant, &ctx, &|u| {
+                    Some(u.to_owned())
+                })
+                .map(|f| f.kept)
             })
         });
     }

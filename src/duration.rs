@@ -27,7 +27,11 @@ impl HumanDuration {
             "m" => secs(60),
             "h" => secs(3600),
             "d" => secs(86400),
-            _ => return Err(format!("`{s}`: unknown unit `{unit}` (use ms, s, m, h or d)")),
+            _ => {
+                return Err(format!(
+                    "`{s}`: unknown unit `{unit}` (use ms, s, m, h or d)"
+                ));
+            }
         };
         d.map(HumanDuration)
             .ok_or_else(|| format!("`{s}` is too long"))
@@ -59,9 +63,18 @@ mod tests {
 
     #[test]
     fn parses_units() {
-        assert_eq!(HumanDuration::parse("30s").unwrap().0, Duration::from_secs(30));
-        assert_eq!(HumanDuration::parse("5m").unwrap().0, Duration::from_secs(300));
-        assert_eq!(HumanDuration::parse("250ms").unwrap().0, Duration::from_millis(250));
+        assert_eq!(
+            HumanDuration::parse("30s").unwrap().0,
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            HumanDuration::parse("5m").unwrap().0,
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            HumanDuration::parse("250ms").unwrap().0,
+            Duration::from_millis(250)
+        );
         assert!(HumanDuration::parse("30").is_err());
         assert!(HumanDuration::parse("s").is_err());
         assert!(HumanDuration::parse("3x").is_err());

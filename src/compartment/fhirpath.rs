@@ -134,12 +134,13 @@ impl Expr {
                 .next()
                 .unwrap_or("");
             if root == rtype.name() || root == "Resource" || root == "DomainResource" {
-                let steps = Parser::new(branch).branch().map_err(|at| {
-                    FhirPathError::Unsupported {
-                        branch: branch.to_owned(),
-                        at,
-                    }
-                })?;
+                let steps =
+                    Parser::new(branch)
+                        .branch()
+                        .map_err(|at| FhirPathError::Unsupported {
+                            branch: branch.to_owned(),
+                            at,
+                        })?;
                 branches.push(steps);
             }
         }
@@ -270,7 +271,7 @@ pub fn split_reference(reference: &str) -> Option<(&str, &str)> {
     }
     let mut segs: Vec<&str> = reference.split('/').collect();
     if segs.len() >= 4 && segs.get(segs.len() - 2) == Some(&"_history") {
-        let v = segs.get(segs.len() - 1)?;
+        let v = segs.last()?;
         if !crate::fhir::is_valid_id(v) {
             return None;
         }
@@ -338,7 +339,11 @@ impl<'a> Parser<'a> {
     }
 
     fn expect(&mut self, token: &str) -> Result<(), usize> {
-        if self.eat(token) { Ok(()) } else { Err(self.pos) }
+        if self.eat(token) {
+            Ok(())
+        } else {
+            Err(self.pos)
+        }
     }
 
     fn ident(&mut self) -> Result<&'a str, usize> {
@@ -496,7 +501,8 @@ mod tests {
     #[test]
     fn unions_keep_only_own_type_branches() {
         let expr = "AllergyIntolerance.patient | CarePlan.subject.where(resolve() is Patient) | Observation.subject.where(resolve() is Patient) | Foo.bar.exists()";
-        let obs = json!({"subject": {"reference": "Patient/A"}, "patient": {"reference": "Patient/B"}});
+        let obs =
+            json!({"subject": {"reference": "Patient/A"}, "patient": {"reference": "Patient/B"}});
         assert_eq!(
             eval(expr, "Observation", &obs),
             vec![json!({"reference": "Patient/A"})]
@@ -514,7 +520,10 @@ mod tests {
             (json!({"reference": "Patient/A"}), true),
             (json!({"reference": "Patient/A/_history/2"}), true),
             (json!({"reference": "http://x/fhir/Patient/A"}), true),
-            (json!({"type": "Patient", "identifier": {"value": "1"}}), true),
+            (
+                json!({"type": "Patient", "identifier": {"value": "1"}}),
+                true,
+            ),
             (json!({"reference": "Group/G"}), false),
             (json!({"reference": "#p1"}), false),
             (json!({"reference": "urn:uuid:1"}), false),

@@ -367,14 +367,29 @@ mod tests {
         assert_eq!(m(&lab, &[("category:not", "laboratory")]), Ok(false));
         let coded = json!({"resourceType": "Observation", "category": [{"coding": [{"code": "laboratory"}]}]});
         assert_eq!(m(&coded, &[("category", "|laboratory")]), Ok(true));
-        assert_eq!(m(&json!({"resourceType": "Observation"}), &[("category", "laboratory")]), Ok(false));
+        assert_eq!(
+            m(
+                &json!({"resourceType": "Observation"}),
+                &[("category", "laboratory")]
+            ),
+            Ok(false)
+        );
     }
 
     #[test]
     fn and_across_params() {
         let lab = obs("laboratory", "final");
-        assert_eq!(m(&lab, &[("category", "laboratory"), ("status", "final")]), Ok(true));
-        assert_eq!(m(&lab, &[("category", "laboratory"), ("status", "preliminary")]), Ok(false));
+        assert_eq!(
+            m(&lab, &[("category", "laboratory"), ("status", "final")]),
+            Ok(true)
+        );
+        assert_eq!(
+            m(
+                &lab,
+                &[("category", "laboratory"), ("status", "preliminary")]
+            ),
+            Ok(false)
+        );
         assert_eq!(m(&lab, &[]), Ok(true));
     }
 
@@ -406,8 +421,14 @@ mod tests {
         let lab = obs("laboratory", "final");
         let kind = |pairs: &[(&str, &str)]| m(&lab, pairs).unwrap_err().kind;
         assert_eq!(kind(&[("nope", "x")]), UnsupportedKind::UnknownParameter);
-        assert_eq!(kind(&[("subject.name", "x")]), UnsupportedKind::UnknownParameter);
-        assert_eq!(kind(&[("date", "2020")]), UnsupportedKind::ParameterType("date".into()));
+        assert_eq!(
+            kind(&[("subject.name", "x")]),
+            UnsupportedKind::UnknownParameter
+        );
+        assert_eq!(
+            kind(&[("date", "2020")]),
+            UnsupportedKind::ParameterType("date".into())
+        );
         assert_eq!(kind(&[("category:text", "lab")]), UnsupportedKind::Modifier);
         assert_eq!(kind(&[("category", "a,")]), UnsupportedKind::Value);
         assert_eq!(kind(&[("category", "a\\")]), UnsupportedKind::Value);
@@ -424,7 +445,8 @@ mod tests {
         let r = json!({"resourceType": "Observation", "status": "a,b"});
         assert_eq!(m(&r, &[("status", "a\\,b")]), Ok(true));
         assert_eq!(m(&r, &[("status", "a,b")]), Ok(false));
-        let r = json!({"resourceType": "Observation", "identifier": [{"system": "s", "value": "x|y"}]});
+        let r =
+            json!({"resourceType": "Observation", "identifier": [{"system": "s", "value": "x|y"}]});
         assert_eq!(m(&r, &[("identifier", "s|x\\|y")]), Ok(true));
     }
 }

@@ -308,11 +308,17 @@ mod tests {
             assert_eq!(patient_id_of(r, &o.bases), want, "{r}");
         }
         assert_eq!(
-            patient_id(&json!({"type": "Patient", "identifier": {"value": "A"}}), &o.bases),
+            patient_id(
+                &json!({"type": "Patient", "identifier": {"value": "A"}}),
+                &o.bases
+            ),
             None
         );
         assert_eq!(
-            patient_id(&json!({"type": "Group", "reference": "Patient/A"}), &o.bases),
+            patient_id(
+                &json!({"type": "Group", "reference": "Patient/A"}),
+                &o.bases
+            ),
             None
         );
     }
@@ -327,9 +333,13 @@ mod tests {
         assert!(!member(obs("Patient/B", "Patient/A")));
         assert!(is_member(&obs("Patient/B", "Patient/A"), "A", &opts(true)));
         assert!(!member(json!({"resourceType": "Observation"})));
-        assert!(!member(json!({"resourceType": "Observation", "subject": {"reference": "Group/A"}})));
+        assert!(!member(
+            json!({"resourceType": "Observation", "subject": {"reference": "Group/A"}})
+        ));
         assert!(!member(json!({"subject": {"reference": "Patient/A"}})));
-        assert!(!member(json!({"resourceType": "Nope", "subject": {"reference": "Patient/A"}})));
+        assert!(!member(
+            json!({"resourceType": "Nope", "subject": {"reference": "Patient/A"}})
+        ));
     }
 
     #[test]
@@ -363,12 +373,20 @@ mod tests {
     #[test]
     fn base_contained_versioned_identifier_forms() {
         let obs = |subject: Value| json!({"resourceType": "Observation", "subject": subject});
-        assert!(member(obs(json!({"reference": "https://ehr.example/fhir/Patient/A"}))));
-        assert!(member(obs(json!({"reference": "https://gw.example/r4/Patient/A"}))));
-        assert!(!member(obs(json!({"reference": "https://evil.example/fhir/Patient/A"}))));
+        assert!(member(obs(
+            json!({"reference": "https://ehr.example/fhir/Patient/A"})
+        )));
+        assert!(member(obs(
+            json!({"reference": "https://gw.example/r4/Patient/A"})
+        )));
+        assert!(!member(obs(
+            json!({"reference": "https://evil.example/fhir/Patient/A"})
+        )));
         assert!(member(obs(json!({"reference": "Patient/A/_history/7"}))));
         assert!(!member(obs(json!({"reference": "#A"}))));
-        assert!(!member(obs(json!({"type": "Patient", "identifier": {"value": "A"}}))));
+        assert!(!member(obs(
+            json!({"type": "Patient", "identifier": {"value": "A"}})
+        )));
         assert!(!member(obs(json!({"reference": ["Patient/A"]}))));
         assert!(!member(obs(json!("Patient/A"))));
     }
@@ -388,9 +406,13 @@ mod tests {
         assert!(!member(group(json!([]))));
         assert!(!member(json!({"resourceType": "Group"})));
         assert!(!member(group(json!([e("Patient/A"), e("#x")]))));
-        assert!(!member(group(json!([e("Patient/A"), {"entity": {"identifier": {"value": "B"}}}]))));
+        assert!(!member(group(
+            json!([e("Patient/A"), {"entity": {"identifier": {"value": "B"}}}])
+        )));
         assert!(!member(group(json!([e("Patient/A"), {"period": {}}]))));
-        assert!(member(group(json!([e("Patient/A"), {"entity": {"type": "Device", "identifier": {"value": "d"}}}]))));
+        assert!(member(group(
+            json!([e("Patient/A"), {"entity": {"type": "Device", "identifier": {"value": "d"}}}])
+        )));
     }
 
     #[test]
@@ -437,7 +459,8 @@ mod tests {
 
     #[test]
     fn all_member_types_have_a_compiled_rule() {
-        for t in ResourceType::all().filter(|t| crate::compartment::definition::is_member_type(*t)) {
+        for t in ResourceType::all().filter(|t| crate::compartment::definition::is_member_type(*t))
+        {
             let want = rule(t).map(|r| r.params.len()).unwrap_or(0);
             assert_eq!(COMPILED.get(&t).map(Vec::len), Some(want), "{t}");
         }

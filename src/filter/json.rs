@@ -58,14 +58,14 @@ impl<'a> Seen<'a> {
     }
 
     /// Records `key`; false when it was already there.
-    fn insert(&mut self, key: &Cow<'a, str>) -> bool {
+    fn insert(&mut self, key: Cow<'a, str>) -> bool {
         if let Some(set) = &mut self.large {
-            return set.insert(key.clone());
+            return set.insert(key);
         }
-        if self.small.contains(key) {
+        if self.small.contains(&key) {
             return false;
         }
-        self.small.push(key.clone());
+        self.small.push(key);
         if self.small.len() > 16 {
             self.large = Some(self.small.drain(..).collect());
         }
@@ -95,7 +95,7 @@ impl<'de> de::Deserialize<'de> for Fields<'de> {
                 let mut seen = Seen::new();
                 let mut out = Vec::new();
                 while let Some(Key(k)) = map.next_key()? {
-                    if !seen.insert(&k) {
+                    if !seen.insert(k.clone()) {
                         return Err(de::Error::custom(format_args!("{DUPLICATE} `{k}`")));
                     }
                     let v: &'de RawValue = map.next_value()?;
@@ -145,7 +145,7 @@ impl<'de> de::Deserialize<'de> for BundleFields<'de> {
                 let mut seen = Seen::new();
                 let mut out = Vec::new();
                 while let Some(Key(k)) = map.next_key()? {
-                    if !seen.insert(&k) {
+                    if !seen.insert(k.clone()) {
                         return Err(de::Error::custom(format_args!("{DUPLICATE} `{k}`")));
                     }
                     let v = if k == "entry" {
@@ -248,7 +248,9 @@ mod tests {
     fn escaped_keys_are_decoded_and_duplicates_rejected() {
         let f = fields(r#"{"sub\u006aect": 1}"#).unwrap();
         assert_eq!(f.0[0].0, "subject");
-        let e = fields(r#"{"subject": 1, "sub\u006aect": 2}"#).err().unwrap();
+        let e = fields(r#"{"subject": 1, "sub\u006aect": 2}"#)
+            .err()
+            .unwrap();
         assert!(is_duplicate_key(&e));
         let many: String = (0..40).map(|i| format!("\"k{i}\":1,")).collect();
         let e = fields(&format!("{{{many}\"k3\":2}}")).err().unwrap();
@@ -261,8 +263,13 @@ mod tests {
     #[test]
     fn strict_values() {
         let v = strict_value(r#"{"a":[1,-2,3.5,"s",null,true,{"b":{}}]}"#).unwrap();
-        assert_eq!(v, serde_json::json!({"a":[1,-2,3.5,"s",null,true,{"b":{}}]}));
-        let e = strict_value(r#"{"a":{"r":"Patient/A","r":"Patient/B"}}"#).err().unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"a":[1,-2,3.5,"s",null,true,{"b":{}}]})
+        );
+        let e = strict_value(r#"{"a":{"r":"Patient/A","r":"Patient/B"}}"#)
+            .err()
+            .unwrap();
         assert!(is_duplicate_key(&e));
         assert!(strict_value(r#"{"a":1} x"#).is_err());
         assert!(strict_value(&"[".repeat(10_000)).is_err());

@@ -93,7 +93,9 @@ impl FilterContext {
     pub fn rebase(&self, url: &str) -> String {
         let upstream = self.upstream_base.trim_end_matches('/');
         match url.strip_prefix(upstream) {
-            Some(rest) if !upstream.is_empty() && (rest.is_empty() || rest.starts_with(['/', '?'])) => {
+            Some(rest)
+                if !upstream.is_empty() && (rest.is_empty() || rest.starts_with(['/', '?'])) =>
+            {
                 format!("{}{rest}", self.public_base.trim_end_matches('/'))
             }
             _ => url.to_owned(),

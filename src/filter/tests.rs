@@ -71,7 +71,13 @@ fn ids(b: &Value) -> Vec<String> {
         .as_array()
         .map(|e| {
             e.iter()
-                .map(|e| format!("{}/{}", e["resource"]["resourceType"].as_str().unwrap(), e["resource"]["id"].as_str().unwrap_or("x")))
+                .map(|e| {
+                    format!(
+                        "{}/{}",
+                        e["resource"]["resourceType"].as_str().unwrap(),
+                        e["resource"]["id"].as_str().unwrap_or("x")
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -80,38 +86,93 @@ fn ids(b: &Value) -> Vec<String> {
 #[test]
 fn check_resource_rules() {
     let c = ctx();
-    let g = grant("patient/Observation.rs patient/Practitioner.rs patient/Binary.r patient/Device.rs", Some("A"));
+    let g = grant(
+        "patient/Observation.rs patient/Practitioner.rs patient/Binary.r patient/Device.rs",
+        Some("A"),
+    );
     let v = pview(Letter::R);
-    assert_eq!(check_resource(&obs("1", "A", "lab"), &v, &g, &c), Visibility::Visible);
-    assert_eq!(check_resource(&obs("1", "B", "lab"), &v, &g, &c), Visibility::Hidden("compartment"));
+    assert_eq!(
+        check_resource(&obs("1", "A", "lab"), &v, &g, &c),
+        Visibility::Visible
+    );
+    assert_eq!(
+        check_resource(&obs("1", "B", "lab"), &v, &g, &c),
+        Visibility::Hidden("compartment")
+    );
     let cond = json!({"resourceType": "Condition", "subject": {"reference": "Patient/A"}});
-    assert_eq!(check_resource(&cond, &v, &g, &c), Visibility::Hidden("scope"));
+    assert_eq!(
+        check_resource(&cond, &v, &g, &c),
+        Visibility::Hidden("scope")
+    );
     let prac = json!({"resourceType": "Practitioner", "id": "p"});
     assert_eq!(check_resource(&prac, &v, &g, &c), Visibility::Visible);
-    let deny = FilterContext { non_member_types: NonMemberAccess::Deny, ..ctx() };
-    assert_eq!(check_resource(&prac, &v, &g, &deny), Visibility::Hidden("non-member"));
-    assert_eq!(check_resource(&json!({"resourceType": "Nope"}), &v, &g, &c), Visibility::Hidden("unknown-type"));
-    assert_eq!(check_resource(&json!({}), &v, &g, &c), Visibility::Hidden("unknown-type"));
+    let deny = FilterContext {
+        non_member_types: NonMemberAccess::Deny,
+        ..ctx()
+    };
+    assert_eq!(
+        check_resource(&prac, &v, &g, &deny),
+        Visibility::Hidden("non-member")
+    );
+    assert_eq!(
+        check_resource(&json!({"resourceType": "Nope"}), &v, &g, &c),
+        Visibility::Hidden("unknown-type")
+    );
+    assert_eq!(
+        check_resource(&json!({}), &v, &g, &c),
+        Visibility::Hidden("unknown-type")
+    );
     let oo = json!({"resourceType": "OperationOutcome"});
-    assert_eq!(check_resource(&oo, &v, &grant("", None), &c), Visibility::Visible);
+    assert_eq!(
+        check_resource(&oo, &v, &grant("", None), &c),
+        Visibility::Visible
+    );
     // Device is not a member type, but its `patient` must be A when present.
     let dev = |p: &str| json!({"resourceType": "Device", "patient": {"reference": p}});
-    assert_eq!(check_resource(&dev("Patient/A"), &v, &g, &c), Visibility::Visible);
-    assert_eq!(check_resource(&dev("Patient/B"), &v, &g, &c), Visibility::Hidden("other-patient"));
-    assert_eq!(check_resource(&json!({"resourceType": "Device"}), &v, &g, &c), Visibility::Visible);
+    assert_eq!(
+        check_resource(&dev("Patient/A"), &v, &g, &c),
+        Visibility::Visible
+    );
+    assert_eq!(
+        check_resource(&dev("Patient/B"), &v, &g, &c),
+        Visibility::Hidden("other-patient")
+    );
+    assert_eq!(
+        check_resource(&json!({"resourceType": "Device"}), &v, &g, &c),
+        Visibility::Visible
+    );
     // No patient in the view: nothing.
-    let nop = View { patient: None, ..pview(Letter::R) };
-    assert_eq!(check_resource(&obs("1", "A", "lab"), &nop, &g, &c), Visibility::Hidden("no-patient-context"));
+    let nop = View {
+        patient: None,
+        ..pview(Letter::R)
+    };
+    assert_eq!(
+        check_resource(&obs("1", "A", "lab"), &nop, &g, &c),
+        Visibility::Hidden("no-patient-context")
+    );
     // Letters are separate: r does not allow search.
     let r_only = grant("patient/Observation.r", Some("A"));
-    assert_eq!(check_resource(&obs("1", "A", "lab"), &pview(Letter::S), &r_only, &c), Visibility::Hidden("scope"));
+    assert_eq!(
+        check_resource(&obs("1", "A", "lab"), &pview(Letter::S), &r_only, &c),
+        Visibility::Hidden("scope")
+    );
     // user/ context: type (and granular) only.
     let u = grant("user/Observation.rs", None);
-    let uv = View { context: Context::User, patient: None, letter: Letter::R };
-    assert_eq!(check_resource(&obs("1", "B", "lab"), &uv, &u, &c), Visibility::Visible);
+    let uv = View {
+        context: Context::User,
+        patient: None,
+        letter: Letter::R,
+    };
+    assert_eq!(
+        check_resource(&obs("1", "B", "lab"), &uv, &u, &c),
+        Visibility::Visible
+    );
     let nested = json!({"resourceType": "Bundle"});
     let gb = grant("patient/Bundle.r", Some("A"));
-    assert_eq!(check_resource(&nested, &v, &gb, &c), Visibility::Hidden("nested-bundle"));
+    assert_eq!(
+        check_resource(&nested, &v, &gb, &c),
+        Visibility::Hidden("nested-bundle")
+    );
 }
 
 #[test]
@@ -122,15 +183,30 @@ fn granular_scopes_or_and_unsupported() {
     let vital = obs("2", "A", "vital-signs");
     let g = grant("patient/Observation.rs?category=laboratory", Some("A"));
     assert_eq!(check_resource(&lab, &v, &g, &c), Visibility::Visible);
-    assert_eq!(check_resource(&vital, &v, &g, &c), Visibility::Hidden("granular"));
-    let g2 = grant("patient/Observation.rs?category=laboratory patient/Observation.rs?category=vital-signs", Some("A"));
+    assert_eq!(
+        check_resource(&vital, &v, &g, &c),
+        Visibility::Hidden("granular")
+    );
+    let g2 = grant(
+        "patient/Observation.rs?category=laboratory patient/Observation.rs?category=vital-signs",
+        Some("A"),
+    );
     assert_eq!(check_resource(&vital, &v, &g2, &c), Visibility::Visible);
-    let g3 = grant("patient/Observation.rs?category=vital-signs patient/Observation.s", Some("A"));
+    let g3 = grant(
+        "patient/Observation.rs?category=vital-signs patient/Observation.s",
+        Some("A"),
+    );
     assert_eq!(check_resource(&lab, &v, &g3, &c), Visibility::Visible);
     let g4 = grant("patient/Observation.rs?date=2020", Some("A"));
-    assert_eq!(check_resource(&lab, &v, &g4, &c), Visibility::Hidden("granular"));
+    assert_eq!(
+        check_resource(&lab, &v, &g4, &c),
+        Visibility::Hidden("granular")
+    );
     // Granular but other patient: still hidden.
-    assert_eq!(check_resource(&obs("3", "B", "laboratory"), &v, &g, &c), Visibility::Hidden("compartment"));
+    assert_eq!(
+        check_resource(&obs("3", "B", "laboratory"), &v, &g, &c),
+        Visibility::Hidden("compartment")
+    );
 }
 
 #[test]
@@ -139,30 +215,68 @@ fn binary_security_context() {
     let g = grant("patient/Binary.r", Some("A"));
     let v = pview(Letter::R);
     let bin = |sc: Value| json!({"resourceType": "Binary", "contentType": "text/plain", "securityContext": sc});
-    assert_eq!(check_resource(&bin(json!({"reference": "Patient/A"})), &v, &g, &c), Visibility::Visible);
-    assert_eq!(check_resource(&bin(json!({"reference": format!("{UP}/Patient/A")})), &v, &g, &c), Visibility::Visible);
-    assert_eq!(check_resource(&bin(json!({"reference": "Patient/B"})), &v, &g, &c), Visibility::Hidden("compartment"));
     assert_eq!(
-        check_resource(&bin(json!({"reference": "DocumentReference/d1"})), &v, &g, &c),
-        Visibility::NeedsLookup("DocumentReference/d1".into())
+        check_resource(&bin(json!({"reference": "Patient/A"})), &v, &g, &c),
+        Visibility::Visible
     );
     assert_eq!(
-        check_resource(&bin(json!({"reference": format!("{PUB}/DocumentReference/d1/_history/2")})), &v, &g, &c),
-        Visibility::NeedsLookup("DocumentReference/d1".into())
+        check_resource(
+            &bin(json!({"reference": format!("{UP}/Patient/A")})),
+            &v,
+            &g,
+            &c
+        ),
+        Visibility::Visible
     );
     assert_eq!(
-        check_resource(&bin(json!({"reference": "https://evil/DocumentReference/d1"})), &v, &g, &c),
+        check_resource(&bin(json!({"reference": "Patient/B"})), &v, &g, &c),
         Visibility::Hidden("compartment")
     );
-    assert_eq!(check_resource(&bin(json!({"reference": "#x"})), &v, &g, &c), Visibility::Hidden("compartment"));
+    assert_eq!(
+        check_resource(
+            &bin(json!({"reference": "DocumentReference/d1"})),
+            &v,
+            &g,
+            &c
+        ),
+        Visibility::NeedsLookup("DocumentReference/d1".into())
+    );
+    assert_eq!(
+        check_resource(
+            &bin(json!({"reference": format!("{PUB}/DocumentReference/d1/_history/2")})),
+            &v,
+            &g,
+            &c
+        ),
+        Visibility::NeedsLookup("DocumentReference/d1".into())
+    );
+    assert_eq!(
+        check_resource(
+            &bin(json!({"reference": "https://evil/DocumentReference/d1"})),
+            &v,
+            &g,
+            &c
+        ),
+        Visibility::Hidden("compartment")
+    );
+    assert_eq!(
+        check_resource(&bin(json!({"reference": "#x"})), &v, &g, &c),
+        Visibility::Hidden("compartment")
+    );
     assert_eq!(
         check_resource(&json!({"resourceType": "Binary"}), &v, &g, &c),
         Visibility::Hidden("binary-no-context")
     );
     // In a Bundle, NeedsLookup entries are removed.
     let b = bundle(vec![
-        entry(json!({"resourceType": "Binary", "id": "b1", "securityContext": {"reference": "Patient/A"}}), "match"),
-        entry(json!({"resourceType": "Binary", "id": "b2", "securityContext": {"reference": "DocumentReference/d"}}), "match"),
+        entry(
+            json!({"resourceType": "Binary", "id": "b1", "securityContext": {"reference": "Patient/A"}}),
+            "match",
+        ),
+        entry(
+            json!({"resourceType": "Binary", "id": "b2", "securityContext": {"reference": "DocumentReference/d"}}),
+            "match",
+        ),
     ]);
     let (out, f) = run(&b, "patient/Binary.rs");
     assert_eq!(ids(&out), vec!["Binary/b1"]);
@@ -174,22 +288,48 @@ fn bundle_removes_other_patients_and_includes() {
     let b = bundle(vec![
         entry(obs("1", "A", "lab"), "match"),
         entry(obs("2", "B", "lab"), "match"),
-        entry(json!({"resourceType": "Practitioner", "id": "p1"}), "include"),
+        entry(
+            json!({"resourceType": "Practitioner", "id": "p1"}),
+            "include",
+        ),
         entry(json!({"resourceType": "Patient", "id": "B"}), "include"),
         entry(json!({"resourceType": "Patient", "id": "A"}), "include"),
-        entry(json!({"resourceType": "Condition", "id": "c", "subject": {"reference": "Patient/A"}}), "include"),
-        entry(json!({"resourceType": "OperationOutcome", "issue": []}), "outcome"),
+        entry(
+            json!({"resourceType": "Condition", "id": "c", "subject": {"reference": "Patient/A"}}),
+            "include",
+        ),
+        entry(
+            json!({"resourceType": "OperationOutcome", "issue": []}),
+            "outcome",
+        ),
     ]);
-    let (out, f) = run(&b, "patient/Observation.rs patient/Practitioner.rs patient/Patient.rs");
-    assert_eq!(ids(&out), vec!["Observation/1", "Practitioner/p1", "Patient/A", "OperationOutcome/x"]);
+    let (out, f) = run(
+        &b,
+        "patient/Observation.rs patient/Practitioner.rs patient/Patient.rs",
+    );
+    assert_eq!(
+        ids(&out),
+        vec![
+            "Observation/1",
+            "Practitioner/p1",
+            "Patient/A",
+            "OperationOutcome/x"
+        ]
+    );
     assert_eq!((f.kept, f.removed), (4, 3));
     assert!(out.get("total").is_none());
     assert_eq!(out["type"], "searchset");
     // fullUrl rebased to the public base.
     assert_eq!(out["entry"][0]["fullUrl"], format!("{PUB}/Observation/1"));
     // Paging links rebased then handed to the binder.
-    assert_eq!(out["link"][0]["url"], format!("{PUB}/Observation?patient=A&_sig=1"));
-    assert_eq!(out["link"][1]["url"], format!("{PUB}?_getpages=abc&_getpagesoffset=20&_sig=1"));
+    assert_eq!(
+        out["link"][0]["url"],
+        format!("{PUB}/Observation?patient=A&_sig=1")
+    );
+    assert_eq!(
+        out["link"][1]["url"],
+        format!("{PUB}?_getpages=abc&_getpagesoffset=20&_sig=1")
+    );
 }
 
 #[test]
@@ -198,7 +338,10 @@ fn total_kept_when_nothing_removed_and_entries_byte_for_byte() {
         r#"{{"resourceType":"Bundle","type":"searchset","total":1,"entry":[{{"fullUrl":"{UP}/Observation/1","resource":{{ "resourceType" : "Observation", "id":"1","subject":{{"reference":"Patient/A"}},"valueQuantity":{{"value":1.50}} }}}}]}}"#
     );
     let g = grant("patient/Observation.rs", Some("A"));
-    let f = filter_bundle(raw.as_bytes(), &pview(Letter::S), &g, &ctx(), &|u| Some(u.to_owned())).unwrap();
+    let f = filter_bundle(raw.as_bytes(), &pview(Letter::S), &g, &ctx(), &|u| {
+        Some(u.to_owned())
+    })
+    .unwrap();
     let body = String::from_utf8(f.body).unwrap();
     assert!(body.contains(r#""total":1"#), "{body}");
     assert!(body.contains(r#"{ "resourceType" : "Observation", "id":"1","subject":{"reference":"Patient/A"},"valueQuantity":{"value":1.50} }"#), "{body}");
@@ -213,18 +356,39 @@ fn links_dropped_when_the_binder_refuses_and_others_rebased() {
                  {"relation": "alternate", "url": format!("{UP}/x")},
                  {"relation": "self", "url": "https://elsewhere/x"}]});
     let g = grant("patient/Observation.rs", Some("A"));
-    let f = filter_bundle(&serde_json::to_vec(&b).unwrap(), &pview(Letter::S), &g, &ctx(), &|u| {
-        u.starts_with(PUB).then(|| u.to_owned())
-    })
+    let f = filter_bundle(
+        &serde_json::to_vec(&b).unwrap(),
+        &pview(Letter::S),
+        &g,
+        &ctx(),
+        &|u| u.starts_with(PUB).then(|| u.to_owned()),
+    )
     .unwrap();
     let out: Value = serde_json::from_slice(&f.body).unwrap();
-    assert_eq!(out["link"], json!([{"relation": "next", "url": format!("{PUB}?page=2")},
-                                   {"relation": "alternate", "url": format!("{PUB}/x")}]));
-    let f = filter_bundle(&serde_json::to_vec(&b).unwrap(), &pview(Letter::S), &g, &ctx(), &|_| None).unwrap();
+    assert_eq!(
+        out["link"],
+        json!([{"relation": "next", "url": format!("{PUB}?page=2")},
+                                   {"relation": "alternate", "url": format!("{PUB}/x")}])
+    );
+    let f = filter_bundle(
+        &serde_json::to_vec(&b).unwrap(),
+        &pview(Letter::S),
+        &g,
+        &ctx(),
+        &|_| None,
+    )
+    .unwrap();
     let out: Value = serde_json::from_slice(&f.body).unwrap();
     assert_eq!(out["link"].as_array().unwrap().len(), 1);
     let only_paging = json!({"resourceType": "Bundle", "link": [{"relation": "next", "url": "x"}]});
-    let f = filter_bundle(&serde_json::to_vec(&only_paging).unwrap(), &pview(Letter::S), &g, &ctx(), &|_| None).unwrap();
+    let f = filter_bundle(
+        &serde_json::to_vec(&only_paging).unwrap(),
+        &pview(Letter::S),
+        &g,
+        &ctx(),
+        &|_| None,
+    )
+    .unwrap();
     let out: Value = serde_json::from_slice(&f.body).unwrap();
     assert!(out.get("link").is_none());
 }
@@ -238,15 +402,43 @@ fn history_bundles_and_resourceless_entries() {
     ]});
     let (out, f) = run(&b, "patient/Observation.rs");
     assert_eq!(f.kept, 1);
-    assert_eq!(out["entry"][0]["resource"]["subject"]["reference"], "Patient/A");
+    assert_eq!(
+        out["entry"][0]["resource"]["subject"]["reference"],
+        "Patient/A"
+    );
     // user/ context keeps resource-less entries of granted types only.
     let body = serde_json::to_vec(&b).unwrap();
-    let uv = View { context: Context::User, patient: None, letter: Letter::S };
-    let f = filter_bundle(&body, &uv, &grant("user/Observation.rs", None), &ctx(), &|u| Some(u.into())).unwrap();
+    let uv = View {
+        context: Context::User,
+        patient: None,
+        letter: Letter::S,
+    };
+    let f = filter_bundle(
+        &body,
+        &uv,
+        &grant("user/Observation.rs", None),
+        &ctx(),
+        &|u| Some(u.into()),
+    )
+    .unwrap();
     assert_eq!(f.kept, 3);
-    let f = filter_bundle(&body, &uv, &grant("user/Observation.rs?category=lab", None), &ctx(), &|u| Some(u.into())).unwrap();
+    let f = filter_bundle(
+        &body,
+        &uv,
+        &grant("user/Observation.rs?category=lab", None),
+        &ctx(),
+        &|u| Some(u.into()),
+    )
+    .unwrap();
     assert_eq!(f.kept, 2);
-    let f = filter_bundle(&body, &uv, &grant("user/Condition.rs", None), &ctx(), &|u| Some(u.into())).unwrap();
+    let f = filter_bundle(
+        &body,
+        &uv,
+        &grant("user/Condition.rs", None),
+        &ctx(),
+        &|u| Some(u.into()),
+    )
+    .unwrap();
     assert_eq!(f.kept, 0);
 }
 
@@ -257,7 +449,10 @@ fn empty_and_error_bundles() {
     let c = ctx();
     let f = |body: &[u8]| filter_bundle(body, &v, &g, &c, &|u| Some(u.to_owned()));
     let empty = f(br#"{"resourceType":"Bundle","type":"searchset","total":0}"#).unwrap();
-    assert_eq!(empty.body, br#"{"resourceType":"Bundle","type":"searchset","total":0}"#);
+    assert_eq!(
+        empty.body,
+        br#"{"resourceType":"Bundle","type":"searchset","total":0}"#
+    );
     let all_removed = f(br#"{"resourceType":"Bundle","total":1,"entry":[{"resource":{"resourceType":"Observation","subject":{"reference":"Patient/B"}}}]}"#).unwrap();
     assert_eq!(all_removed.body, br#"{"resourceType":"Bundle"}"#);
     for (bad, what) in [
@@ -281,8 +476,14 @@ fn empty_and_error_bundles() {
     ] {
         assert!(f(bad).is_err(), "{what}");
     }
-    assert!(matches!(f(b"{\"resourceType\":\"Bundle\",\"resourceType\":\"Bundle\"}"), Err(FilterError::DuplicateKey(_))));
-    assert!(matches!(f(b"{\"resourceType\":\"Patient\"}"), Err(FilterError::NotABundle)));
+    assert!(matches!(
+        f(b"{\"resourceType\":\"Bundle\",\"resourceType\":\"Bundle\"}"),
+        Err(FilterError::DuplicateKey(_))
+    ));
+    assert!(matches!(
+        f(b"{\"resourceType\":\"Patient\"}"),
+        Err(FilterError::NotABundle)
+    ));
 }
 
 #[test]
@@ -292,25 +493,52 @@ fn check_single_bodies() {
     let c = ctx();
     let body = serde_json::to_vec(&obs("1", "A", "lab")).unwrap();
     let obs_t = Some(ResourceType::OBSERVATION);
-    assert_eq!(check_single(&body, obs_t, &v, &g, &c).unwrap(), Visibility::Visible);
-    assert_eq!(check_single(&body, None, &v, &g, &c).unwrap(), Visibility::Visible);
-    assert!(matches!(check_single(&body, Some(ResourceType::PATIENT), &v, &g, &c), Err(FilterError::WrongType)));
+    assert_eq!(
+        check_single(&body, obs_t, &v, &g, &c).unwrap(),
+        Visibility::Visible
+    );
+    assert_eq!(
+        check_single(&body, None, &v, &g, &c).unwrap(),
+        Visibility::Visible
+    );
+    assert!(matches!(
+        check_single(&body, Some(ResourceType::PATIENT), &v, &g, &c),
+        Err(FilterError::WrongType)
+    ));
     let other = serde_json::to_vec(&obs("1", "B", "lab")).unwrap();
-    assert_eq!(check_single(&other, obs_t, &v, &g, &c).unwrap(), Visibility::Hidden("compartment"));
+    assert_eq!(
+        check_single(&other, obs_t, &v, &g, &c).unwrap(),
+        Visibility::Hidden("compartment")
+    );
     let dup = br#"{"resourceType":"Observation","subject":{"reference":"Patient/A"},"subject":{"reference":"Patient/B"}}"#;
-    assert!(matches!(check_single(dup, obs_t, &v, &g, &c), Err(FilterError::DuplicateKey(_))));
+    assert!(matches!(
+        check_single(dup, obs_t, &v, &g, &c),
+        Err(FilterError::DuplicateKey(_))
+    ));
     assert!(check_single(b"{\"resourceType\":\"Observation\"", obs_t, &v, &g, &c).is_err());
-    assert!(matches!(check_single(b"{}", obs_t, &v, &g, &c), Err(FilterError::WrongType)));
+    assert!(matches!(
+        check_single(b"{}", obs_t, &v, &g, &c),
+        Err(FilterError::WrongType)
+    ));
 }
 
 #[test]
 fn rebase_only_at_a_segment_boundary() {
     let c = ctx();
-    assert_eq!(c.rebase(&format!("{UP}/Patient/A")), format!("{PUB}/Patient/A"));
+    assert_eq!(
+        c.rebase(&format!("{UP}/Patient/A")),
+        format!("{PUB}/Patient/A")
+    );
     assert_eq!(c.rebase(UP), PUB);
     assert_eq!(c.rebase(&format!("{UP}?x=1")), format!("{PUB}?x=1"));
-    assert_eq!(c.rebase(&format!("{UP}2/Patient/A")), format!("{UP}2/Patient/A"));
-    assert_eq!(c.rebase("https://other/fhir/Patient/A"), "https://other/fhir/Patient/A");
+    assert_eq!(
+        c.rebase(&format!("{UP}2/Patient/A")),
+        format!("{UP}2/Patient/A")
+    );
+    assert_eq!(
+        c.rebase("https://other/fhir/Patient/A"),
+        "https://other/fhir/Patient/A"
+    );
 }
 
 fn arb_resource() -> impl Strategy<Value = Value> {
@@ -323,8 +551,16 @@ fn arb_resource() -> impl Strategy<Value = Value> {
         Just("Group/A".to_owned()),
     ];
     let rtype = prop_oneof![
-        Just("Observation"), Just("Condition"), Just("Patient"), Just("Practitioner"),
-        Just("Group"), Just("Binary"), Just("OperationOutcome"), Just("Device"), Just("Bundle"), Just("Nope"),
+        Just("Observation"),
+        Just("Condition"),
+        Just("Patient"),
+        Just("Practitioner"),
+        Just("Group"),
+        Just("Binary"),
+        Just("OperationOutcome"),
+        Just("Device"),
+        Just("Bundle"),
+        Just("Nope"),
     ];
     let cat = prop_oneof![Just("laboratory"), Just("vital-signs")];
     (rtype, patient.clone(), patient, cat, "[A-C]").prop_map(|(t, p1, p2, cat, id)| {
