@@ -170,7 +170,8 @@ pub struct OperationRule {
 }
 
 /// What `patient/` scopes grant on non-member types (Practitioner, Medication, …).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum NonMemberAccess {
     /// A `patient/Practitioner.rs` scope lets the app read Practitioners (what patient
     /// apps and Inferno expect); the filter still applies.
