@@ -446,7 +446,13 @@ impl Gateway {
                 Ok(grant)
             }
             Err(e) => {
-                let mut early = Early::new(StatusCode::UNAUTHORIZED, "login", e.description())
+                // 401 for a missing or bad token, 400 for a malformed request (RFC 6750 §3.1).
+                let issue = if e.status() == StatusCode::BAD_REQUEST {
+                    "invalid"
+                } else {
+                    "login"
+                };
+                let mut early = Early::new(e.status(), issue, e.description())
                     .decision("unauthenticated", e.code());
                 early.www_authenticate = Some(e.www_authenticate(&self.public.full()));
                 Err(early)

@@ -267,7 +267,8 @@ pub struct IntrospectionConfig {
     /// Introspect every token, JWTs from the configured issuer included (default false).
     #[serde(default)]
     pub always: bool,
-    /// When set, an answer carrying `aud` must name one of these (default: `aud` not checked).
+    /// An answer carrying `aud` must name one of these (default: the `jwt` audience, i.e.
+    /// `auth.jwt.audience` or `public_base_url`), as for JWTs.
     #[serde(default)]
     pub audience: Option<OneOrMany>,
 }

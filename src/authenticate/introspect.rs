@@ -63,7 +63,8 @@ pub(crate) struct Introspector {
     client_secret: String,
     client_auth: ClientAuth,
     timeout: Duration,
-    audience: Option<Vec<String>>,
+    /// An answer carrying `aud` must name one of these.
+    audience: Vec<String>,
     mapping: ClaimsMapping,
     cache: Cache<[u8; 32], Answer>,
     stats: Arc<AuthStats>,
@@ -72,6 +73,7 @@ pub(crate) struct Introspector {
 impl Introspector {
     pub(crate) fn new(
         cfg: &IntrospectionConfig,
+        audience: Vec<String>,
         mapping: ClaimsMapping,
         client: HttpClient,
         stats: Arc<AuthStats>,
@@ -109,7 +111,7 @@ impl Introspector {
             client_secret,
             client_auth: cfg.client_auth,
             timeout: cfg.timeout.0,
-            audience: cfg.audience.as_ref().map(|a| a.to_vec()),
+            audience,
             mapping,
             cache,
             stats,
@@ -209,7 +211,8 @@ impl Introspector {
         if claims.get("active") != Some(&Value::Bool(true)) {
             return Answer::Refused(AuthError::Inactive);
         }
-        if let (Some(wanted), Some(aud)) = (&self.audience, claims.get("aud")) {
+        if let Some(aud) = claims.get("aud") {
+            let wanted = &self.audience;
             let ok = match aud {
                 Value::String(a) => wanted.contains(a),
                 Value::Array(a) => a

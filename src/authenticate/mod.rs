@@ -127,7 +127,8 @@ impl Authenticator {
     /// error: [`Authenticator::readiness`] reports it and JWTs get `KeysStale` until a
     /// background refresh ([`Authenticator::spawn_refresh`]) succeeds.
     /// `default_audience` (the proxy's `public_base_url`) is the accepted `aud` unless
-    /// `auth.jwt.audience` says otherwise.
+    /// `auth.jwt.audience` (or, for introspection answers, `auth.introspection.audience`)
+    /// says otherwise.
     pub async fn new(
         cfg: &AuthConfig,
         default_audience: &str,
@@ -137,21 +138,30 @@ impl Authenticator {
             return Err(AuthInitError::Config(format!("auth.{key}: {problem}")));
         }
         let stats = Arc::new(AuthStats::default());
+        // This server's names: a token (JWT or introspected) for another resource server is
+        // not one for us.
+        let our_audience = cfg
+            .jwt
+            .as_ref()
+            .and_then(|j| j.audience.as_ref())
+            .map_or_else(|| vec![default_audience.to_owned()], OneOrMany::to_vec);
         let jwt = match &cfg.jwt {
             None => None,
             Some(j) => {
-                let audience = j
-                    .audience
-                    .as_ref()
-                    .map_or_else(|| vec![default_audience.to_owned()], OneOrMany::to_vec);
                 let store = KeyStore::new(j, client.clone(), Arc::clone(&stats));
-                Some(JwtVerifier::new(j, audience, cfg.claims.clone(), store))
+                Some(JwtVerifier::new(
+                    j,
+                    our_audience.clone(),
+                    cfg.claims.clone(),
+                    store,
+                ))
             }
         };
         let introspection = match &cfg.introspection {
             None => None,
             Some(i) => Some(Introspector::new(
                 i,
+                i.audience.as_ref().map_or(our_audience, OneOrMany::to_vec),
                 cfg.claims.clone(),
                 client,
                 Arc::clone(&stats),
