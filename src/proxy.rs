@@ -454,7 +454,7 @@ impl Gateway {
                 };
                 let mut early = Early::new(e.status(), issue, e.description())
                     .decision("unauthenticated", e.code());
-                early.www_authenticate = Some(e.www_authenticate(&self.public.full()));
+                early.www_authenticate = Some(e.www_authenticate(self.auth.realm()));
                 Err(early)
             }
         }
@@ -481,7 +481,7 @@ impl Gateway {
                 if status == StatusCode::FORBIDDEN {
                     early.www_authenticate = Some(format!(
                         "Bearer realm=\"{}\", error=\"insufficient_scope\"",
-                        self.public.full()
+                        self.auth.realm()
                     ));
                 }
                 Err(early)
