@@ -137,18 +137,7 @@ pub struct CompartmentConfig {
     pub actor_membership: bool,
     /// Non-member types (Practitioner, Medication, …) under patient/ scopes.
     #[serde(default)]
-    pub non_member_types: NonMemberTypes,
-}
-
-/// What patient/ scopes allow on types outside the Patient compartment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum NonMemberTypes {
-    /// Readable when the type is granted (patient apps need Practitioner, Medication, …).
-    #[default]
-    WhenGranted,
-    /// Never.
-    Deny,
+    pub non_member_types: crate::authorize::NonMemberAccess,
 }
 
 /// `paging:`

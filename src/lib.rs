@@ -37,6 +37,7 @@ pub mod compartment;
 pub mod config;
 pub mod duration;
 pub mod fhir;
+pub mod filter;
 pub mod forward;
 pub mod listen;
 pub mod metrics;

@@ -28,7 +28,7 @@ use crate::authorize::{self, Decision, Outcome, Plan, ResponseRule, Rules, View}
 use crate::body::{self, ProxyBody};
 use crate::classify::{self, ClassifyError, FhirRequest, Interaction, RawRequest};
 use crate::compartment::membership;
-use crate::config::{BaseUrl, Config};
+use crate::config::BaseUrl;
 use crate::filter::{self, FilterContext, FilterError, Visibility};
 use crate::forward::{self, ClientInfo, Upstream, UpstreamError};
 use crate::listen::Handler;
@@ -832,7 +832,7 @@ impl ReqBody {
 async fn collect<B>(body: B, limit: usize) -> Result<Bytes, String>
 where
     B: http_body::Body<Data = Bytes>,
-    B::Error: std::fmt::Display,
+    B::Error: Into<crate::body::BodyError>,
 {
     match Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),

@@ -90,10 +90,7 @@ pub async fn build(cfg: &Config) -> Result<(TcpListener, TcpListener, Arc<Gatewa
         Some(path) => PagingKey::new(&read_secret(path)?),
         None => PagingKey::random(),
     };
-    let non_member = match cfg.compartment.non_member_types {
-        crate::config::NonMemberTypes::WhenGranted => crate::filter::NonMemberAccess::WhenGranted,
-        crate::config::NonMemberTypes::Deny => crate::filter::NonMemberAccess::Deny,
-    };
+    let non_member = cfg.compartment.non_member_types;
     let filter = FilterContext::new(&upstream_base.full(), &public.full(), cfg.compartment.actor_membership, non_member);
     let audit = AuditLog::open(cfg.audit.output.as_deref(), cfg.audit.log_query_values)
         .map_err(|e| StartError::Config(format!("audit.output: {e}")))?;
@@ -102,7 +99,10 @@ pub async fn build(cfg: &Config) -> Result<(TcpListener, TcpListener, Arc<Gatewa
         public,
         upstream: upstream.clone(),
         auth: auth.clone(),
-        rules: Rules::from_config(cfg),
+        rules: Rules {
+            non_member_types: non_member,
+            ..Rules::default()
+        },
         filter,
         paging,
         audit,

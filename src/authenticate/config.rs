@@ -343,6 +343,56 @@ impl Default for ClaimsMapping {
     }
 }
 
+impl AuthConfig {
+    /// Every semantic problem, as `(key relative to auth:, message)`. Used by `check` and
+    /// by [`Authenticator::new`](super::Authenticator::new), so both agree.
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let http_url = |u: &str| {
+            u.parse::<http::Uri>()
+                .is_ok_and(|uri| matches!(uri.scheme_str(), Some("https" | "http")) && uri.host().is_some())
+        };
+        if let Some(j) = &self.jwt {
+            if j.issuer.is_empty() {
+                out.push(("jwt.issuer".into(), "must not be empty".into()));
+            }
+            if j.algorithms.is_empty() {
+                out.push(("jwt.algorithms".into(), "must not be empty".into()));
+            }
+            if j.jwks_uri.as_deref().is_some_and(|u| !http_url(u)) {
+                out.push(("jwt.jwks_uri".into(), "must be an absolute http(s) URL".into()));
+            }
+            if j.audience.as_ref().is_some_and(|a| {
+                let a = a.to_vec();
+                a.is_empty() || a.iter().any(String::is_empty)
+            }) {
+                out.push(("jwt.audience".into(), "must name at least one non-empty audience".into()));
+            }
+            if j.jwks_refresh_min > j.jwks_refresh_max {
+                out.push(("jwt.jwks_refresh_min".into(), "must not exceed jwks_refresh_max".into()));
+            }
+            if j.max_staleness <= j.jwks_refresh_max {
+                out.push((
+                    "jwt.max_staleness".into(),
+                    "must exceed jwks_refresh_max, or keys go stale between refreshes".into(),
+                ));
+            }
+        }
+        if let Some(i) = &self.introspection {
+            if !http_url(&i.endpoint) {
+                out.push(("introspection.endpoint".into(), "must be an absolute http(s) URL".into()));
+            }
+            if i.client_secret_file.is_some() == i.client_secret.is_some() {
+                out.push((
+                    "introspection.client_id".into(),
+                    "needs exactly one of client_secret_file, client_secret".into(),
+                ));
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

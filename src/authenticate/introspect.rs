@@ -82,12 +82,6 @@ impl Introspector {
                 cfg.endpoint
             ))
         })?;
-        if !matches!(endpoint.scheme_str(), Some("https" | "http")) {
-            return Err(AuthInitError::Config(format!(
-                "auth.introspection.endpoint {:?} must be an http(s) URL",
-                cfg.endpoint
-            )));
-        }
         let client_secret = match (&cfg.client_secret_file, &cfg.client_secret) {
             (Some(path), None) => std::fs::read_to_string(path)
                 .map_err(|e| AuthInitError::SecretFile(path.clone(), e))?

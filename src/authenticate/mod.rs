@@ -133,20 +133,17 @@ impl Authenticator {
         default_audience: &str,
         client: HttpClient,
     ) -> Result<Authenticator, AuthInitError> {
+        if let Some((key, problem)) = cfg.validate().into_iter().next() {
+            return Err(AuthInitError::Config(format!("auth.{key}: {problem}")));
+        }
         let stats = Arc::new(AuthStats::default());
         let jwt = match &cfg.jwt {
             None => None,
             Some(j) => {
-                check_jwt_config(j)?;
                 let audience = j
                     .audience
                     .as_ref()
                     .map_or_else(|| vec![default_audience.to_owned()], OneOrMany::to_vec);
-                if audience.is_empty() || audience.iter().any(String::is_empty) {
-                    return Err(AuthInitError::Config(
-                        "auth.jwt.audience must name at least one non-empty audience".into(),
-                    ));
-                }
                 let store = KeyStore::new(j, client.clone(), Arc::clone(&stats));
                 Some(JwtVerifier::new(j, audience, cfg.claims.clone(), store))
             }
@@ -258,31 +255,6 @@ impl Authenticator {
             }
         }
     }
-}
-
-fn check_jwt_config(j: &JwtConfig) -> Result<(), AuthInitError> {
-    let err = |m: &str| Err(AuthInitError::Config(format!("auth.jwt: {m}")));
-    if j.issuer.is_empty() {
-        return err("issuer must not be empty");
-    }
-    if j.algorithms.is_empty() {
-        return err("algorithms must not be empty");
-    }
-    if let Some(u) = &j.jwks_uri {
-        match u.parse::<http::Uri>() {
-            Ok(uri) if matches!(uri.scheme_str(), Some("https" | "http")) => {}
-            _ => return err("jwks_uri must be an http(s) URL"),
-        }
-    }
-    if j.jwks_refresh_min > j.jwks_refresh_max {
-        return err("jwks_refresh_min must not exceed jwks_refresh_max");
-    }
-    if j.max_staleness <= j.jwks_refresh_max {
-        return err(
-            "max_staleness must exceed jwks_refresh_max, or keys go stale between refreshes",
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,277 @@
+//! Strict, borrowed JSON reading for the response filter.
+//!
+//! Two shapes: an object read as its ordered `(key, raw value)` fields (so kept parts are
+//! copied byte for byte and nothing else is parsed), and a strict `Value` for the few
+//! elements a decision reads. Both reject duplicate keys: a client that takes the last
+//! `subject` while we judged the first would see what we never checked.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::{Map, Number, Value};
+
+/// Prefix of the error message for duplicate keys (see [`is_duplicate_key`]).
+const DUPLICATE: &str = "duplicate key";
+
+/// Whether a serde_json error was raised by our duplicate-key check.
+pub(crate) fn is_duplicate_key(e: &serde_json::Error) -> bool {
+    e.to_string().starts_with(DUPLICATE)
+}
+
+/// A key, borrowed when it has no escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> de::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Tracks keys seen in one object; linear for small objects, hashed beyond.
+struct Seen<'a> {
+    small: Vec<Cow<'a, str>>,
+    large: Option<HashSet<Cow<'a, str>>>,
+}
+
+impl<'a> Seen<'a> {
+    fn new() -> Self {
+        Seen {
+            small: Vec::new(),
+            large: None,
+        }
+    }
+
+    /// Records `key`; false when it was already there.
+    fn insert(&mut self, key: Cow<'a, str>) -> bool {
+        if let Some(set) = &mut self.large {
+            return set.insert(key);
+        }
+        if self.small.contains(&key) {
+            return false;
+        }
+        self.small.push(key);
+        if self.small.len() > 16 {
+            self.large = Some(self.small.drain(..).collect());
+        }
+        true
+    }
+}
+
+/// An object's fields in document order, values unparsed.
+pub(crate) struct Fields<'a>(pub(crate) Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'a> Fields<'a> {
+    /// The raw value of `key` (keys are unique).
+    pub(crate) fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+}
+
+impl<'de> de::Deserialize<'de> for Fields<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Fields<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
+                let mut seen = Seen::new();
+                let mut out = Vec::new();
+                while let Some(Key(k)) = map.next_key()? {
+                    if !seen.insert(k.clone()) {
+                        return Err(de::Error::custom(format_args!("{DUPLICATE} `{k}`")));
+                    }
+                    let v: &'de RawValue = map.next_value()?;
+                    out.push((k, v));
+                }
+                Ok(Fields(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// A top-level Bundle value: raw, or (for `entry`) the entries read as fields in the same
+/// pass, so entry bytes are scanned once less.
+pub(crate) enum BundleValue<'a> {
+    /// Any other element, unparsed.
+    Raw(&'a RawValue),
+    /// `entry`.
+    Entries(Vec<Fields<'a>>),
+}
+
+/// A Bundle's top-level fields in document order.
+pub(crate) struct BundleFields<'a>(pub(crate) Vec<(Cow<'a, str>, BundleValue<'a>)>);
+
+impl<'a> BundleFields<'a> {
+    /// The raw value of `key` (not for `entry`).
+    pub(crate) fn raw(&self, key: &str) -> Option<&'a RawValue> {
+        self.0.iter().find_map(|(k, v)| match v {
+            BundleValue::Raw(r) if k == key => Some(*r),
+            _ => None,
+        })
+    }
+}
+
+impl<'de> de::Deserialize<'de> for BundleFields<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = BundleFields<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<BundleFields<'de>, A::Error> {
+                let mut seen = Seen::new();
+                let mut out = Vec::new();
+                while let Some(Key(k)) = map.next_key()? {
+                    if !seen.insert(k.clone()) {
+                        return Err(de::Error::custom(format_args!("{DUPLICATE} `{k}`")));
+                    }
+                    let v = if k == "entry" {
+                        BundleValue::Entries(map.next_value()?)
+                    } else {
+                        BundleValue::Raw(map.next_value()?)
+                    };
+                    out.push((k, v));
+                }
+                Ok(BundleFields(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Parses an object into its fields.
+pub(crate) fn fields(raw: &str) -> Result<Fields<'_>, serde_json::Error> {
+    serde_json::from_str(raw)
+}
+
+/// Parses any JSON into a `Value`, rejecting duplicate keys at every depth.
+pub(crate) fn strict_value(raw: &str) -> Result<Value, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_str(raw);
+    let v = Strict.deserialize(&mut de)?;
+    de.end()?;
+    Ok(v)
+}
+
+/// Seed/visitor building a `Value` with the duplicate-key check.
+#[derive(Clone, Copy)]
+struct Strict;
+
+impl<'de> DeserializeSeed<'de> for Strict {
+    type Value = Value;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(v) = seq.next_element_seed(Strict)? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(Key(k)) = map.next_key()? {
+            let v = map.next_value_seed(Strict)?;
+            if out.insert(k.as_ref().to_owned(), v).is_some() {
+                return Err(de::Error::custom(format_args!("{DUPLICATE} `{k}`")));
+            }
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_keep_order_and_bytes() {
+        let f = fields(r#"{"b" : [1, 2], "a":{"x":1} }"#).unwrap();
+        let got: Vec<(&str, &str)> = f.0.iter().map(|(k, v)| (k.as_ref(), v.get())).collect();
+        assert_eq!(got, vec![("b", "[1, 2]"), ("a", r#"{"x":1}"#)]);
+        assert_eq!(f.get("a").map(RawValue::get), Some(r#"{"x":1}"#));
+    }
+
+    #[test]
+    fn escaped_keys_are_decoded_and_duplicates_rejected() {
+        let f = fields(r#"{"sub\u006aect": 1}"#).unwrap();
+        assert_eq!(f.0[0].0, "subject");
+        let e = fields(r#"{"subject": 1, "sub\u006aect": 2}"#)
+            .err()
+            .unwrap();
+        assert!(is_duplicate_key(&e));
+        let many: String = (0..40).map(|i| format!("\"k{i}\":1,")).collect();
+        let e = fields(&format!("{{{many}\"k3\":2}}")).err().unwrap();
+        assert!(is_duplicate_key(&e));
+        assert!(fields(&format!("{{{many}\"z\":2}}")).is_ok());
+        assert!(fields("[1]").is_err());
+        assert!(fields(r#"{"a":1"#).is_err());
+    }
+
+    #[test]
+    fn strict_values() {
+        let v = strict_value(r#"{"a":[1,-2,3.5,"s",null,true,{"b":{}}]}"#).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"a":[1,-2,3.5,"s",null,true,{"b":{}}]})
+        );
+        let e = strict_value(r#"{"a":{"r":"Patient/A","r":"Patient/B"}}"#)
+            .err()
+            .unwrap();
+        assert!(is_duplicate_key(&e));
+        assert!(strict_value(r#"{"a":1} x"#).is_err());
+        assert!(strict_value(&"[".repeat(10_000)).is_err());
+    }
+}

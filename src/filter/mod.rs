@@ -1,0 +1,563 @@
+//! Stage 6, **filter**: what may come back. Every resource in a response is judged on its
+//! own content against the [`View`] the request was allowed under; Bundles lose the
+//! entries that fail, single resources that fail are answered like missing ones.
+//!
+//! Rules of [`check_resource`], in order:
+//! 1. `OperationOutcome` is always visible (warnings in a searchset, errors).
+//! 2. The type must be granted for `view.context` and `view.letter`; when every matching
+//!    scope is granular, the resource must match one of them ([`granular::matches`];
+//!    an unsupported restriction matches nothing).
+//! 3. User/system context: nothing more (the proxy cannot see per-record user rights).
+//! 4. Patient context needs `view.patient`; then: member types must be in the patient's
+//!    compartment ([`is_member`]); a nested `Bundle` is hidden (it can carry anyone's
+//!    data); `Binary` is visible only through its `securityContext` (`Patient/A` ⇒
+//!    visible, another resource ⇒ [`Visibility::NeedsLookup`], nothing ⇒ hidden); other
+//!    non-member types follow [`NonMemberAccess`], and with `WhenGranted` a non-member
+//!    that has a `patient` search parameter (e.g. `Device`) is hidden when that names a
+//!    patient other than A.
+//!
+//! [`filter_bundle`] reads the Bundle in two levels (entries and resources as borrowed
+//! raw JSON, only the elements a decision needs parsed) and copies kept entries byte for
+//! byte. Documented choices:
+//! - `NeedsLookup` entries are removed (a Binary in a Bundle is rare; the lead can
+//!   re-fetch by id).
+//! - Entries without a resource (history deletes, batch responses) are removed in patient
+//!   context (their `request.url`/`fullUrl` reveal ids); in user/system context they are
+//!   kept only when the type in `request.url` (else `fullUrl`) is granted without a
+//!   granular restriction.
+//! - `total` is dropped when anything was removed, an emptied `entry` or `link` array is
+//!   dropped (FHIR JSON forbids empty arrays).
+//! - Invalid, truncated or non-UTF-8 JSON, a non-Bundle, and duplicate keys at the
+//!   Bundle, entry or any inspected resource level are [`FilterError`]s (map to 502).
+
+mod json;
+
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::authenticate::Grant;
+use crate::authorize::View;
+pub use crate::authorize::NonMemberAccess;
+use crate::compartment::definition::is_member_type;
+use crate::compartment::fhirpath::{Expr, reference_type, split_reference};
+use crate::compartment::granular;
+use crate::compartment::membership::{self, MembershipOptions, is_member, patient_id};
+use crate::fhir::ResourceType;
+use crate::scope::{Context, SmartScope};
+
+/// Deployment facts the filter needs; built once from configuration.
+#[derive(Clone, Debug)]
+pub struct FilterContext {
+    /// The upstream FHIR base, as it appears in `fullUrl` and links (no trailing slash).
+    pub upstream_base: String,
+    /// The base clients use (no trailing slash).
+    pub public_base: String,
+    /// Compartment membership options (its `bases` hold both bases above).
+    pub membership: MembershipOptions,
+    /// The rule for non-member types in patient context.
+    pub non_member_types: NonMemberAccess,
+}
+
+impl FilterContext {
+    /// A context with both bases normalised and registered as "ours" for membership.
+    pub fn new(
+        upstream_base: &str,
+        public_base: &str,
+        actor_membership: bool,
+        non_member_types: NonMemberAccess,
+    ) -> Self {
+        let upstream_base = upstream_base.trim_end_matches('/').to_owned();
+        let public_base = public_base.trim_end_matches('/').to_owned();
+        FilterContext {
+            membership: MembershipOptions::new(
+                actor_membership,
+                [upstream_base.as_str(), public_base.as_str()],
+            ),
+            upstream_base,
+            public_base,
+            non_member_types,
+        }
+    }
+
+    /// `url` with the upstream base replaced by the public base (other URLs unchanged).
+    pub fn rebase(&self, url: &str) -> String {
+        let upstream = self.upstream_base.trim_end_matches('/');
+        match url.strip_prefix(upstream) {
+            Some(rest)
+                if !upstream.is_empty() && (rest.is_empty() || rest.starts_with(['/', '?'])) =>
+            {
+                format!("{}{rest}", self.public_base.trim_end_matches('/'))
+            }
+            _ => url.to_owned(),
+        }
+    }
+}
+
+/// The verdict on one resource.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Visibility {
+    /// May leave.
+    Visible,
+    /// Must not leave; the code is for the audit line (`scope`, `granular`,
+    /// `compartment`, `no-patient-context`, `unknown-type`, `non-member`,
+    /// `nested-bundle`, `binary-no-context`, `other-patient`).
+    Hidden(&'static str),
+    /// A `Binary` whose `securityContext` is this resource (`Type/id`, relative): visible
+    /// iff that resource is; the caller fetches and checks it.
+    NeedsLookup(String),
+}
+
+/// A filtered Bundle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FilteredBundle {
+    /// The Bundle to send.
+    pub body: Vec<u8>,
+    /// Entries removed.
+    pub removed: usize,
+    /// Entries kept.
+    pub kept: usize,
+}
+
+/// Why a response body could not be judged (the caller answers 502: never pass it on).
+#[derive(Debug)]
+pub enum FilterError {
+    /// Not UTF-8.
+    NotUtf8,
+    /// Invalid or truncated JSON, or a JSON shape FHIR does not allow here.
+    Json(serde_json::Error),
+    /// The same key twice in one object we inspect.
+    DuplicateKey(serde_json::Error),
+    /// `resourceType` is not `Bundle`.
+    NotABundle,
+    /// `resourceType` is missing or not the type the request asked for.
+    WrongType,
+    /// A Bundle element has the wrong JSON type (`entry` not an array, `link.url` not a
+    /// string, a resource without a string `resourceType`).
+    Malformed(&'static str),
+}
+
+impl std::fmt::Display for FilterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FilterError::NotUtf8 => f.write_str("response is not UTF-8"),
+            FilterError::Json(e) => write!(f, "response is not valid JSON: {e}"),
+            FilterError::DuplicateKey(e) => write!(f, "response has duplicate keys: {e}"),
+            FilterError::NotABundle => f.write_str("response is not a Bundle"),
+            FilterError::WrongType => f.write_str("response is not the expected resource type"),
+            FilterError::Malformed(what) => write!(f, "malformed response: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for FilterError {}
+
+impl From<serde_json::Error> for FilterError {
+    fn from(e: serde_json::Error) -> Self {
+        if json::is_duplicate_key(&e) {
+            FilterError::DuplicateKey(e)
+        } else {
+            FilterError::Json(e)
+        }
+    }
+}
+
+/// The scopes that judge a `rtype` resource under `view`.
+fn scopes<'g>(
+    view: &View,
+    grant: &'g Grant,
+    rtype: ResourceType,
+) -> impl Iterator<Item = &'g SmartScope> {
+    grant.scopes.matching(view.context, rtype, view.letter)
+}
+
+/// Judges one resource (see the module rules).
+pub fn check_resource(
+    resource: &Value,
+    view: &View,
+    grant: &Grant,
+    ctx: &FilterContext,
+) -> Visibility {
+    let Some(rtype) = resource
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .and_then(ResourceType::parse)
+    else {
+        return Visibility::Hidden("unknown-type");
+    };
+    if rtype == ResourceType::OPERATION_OUTCOME {
+        return Visibility::Visible;
+    }
+    let mut any = false;
+    let mut allowed = false;
+    for s in scopes(view, grant, rtype) {
+        any = true;
+        if s.granular.is_empty() || granular::matches(resource, rtype, &s.granular) == Ok(true) {
+            allowed = true;
+            break;
+        }
+    }
+    if !any {
+        return Visibility::Hidden("scope");
+    }
+    if !allowed {
+        return Visibility::Hidden("granular");
+    }
+    if view.context != Context::Patient {
+        return Visibility::Visible;
+    }
+    let Some(patient) = view.patient.as_deref() else {
+        return Visibility::Hidden("no-patient-context");
+    };
+    let opts = &ctx.membership;
+    if is_member_type(rtype) {
+        return if is_member(resource, patient, opts) {
+            Visibility::Visible
+        } else {
+            Visibility::Hidden("compartment")
+        };
+    }
+    if rtype == ResourceType::BUNDLE {
+        return Visibility::Hidden("nested-bundle");
+    }
+    if rtype == ResourceType::BINARY {
+        return binary(resource, patient, opts);
+    }
+    if ctx.non_member_types == NonMemberAccess::Deny {
+        return Visibility::Hidden("non-member");
+    }
+    let names_other = granular::expression(rtype, "patient").is_some_and(|e| {
+        e.evaluate(resource).into_iter().any(|r| {
+            reference_type(r) != Some("Patient") || patient_id(r, &opts.bases) != Some(patient)
+        })
+    });
+    if names_other {
+        Visibility::Hidden("other-patient")
+    } else {
+        Visibility::Visible
+    }
+}
+
+/// Binary: visible through its `securityContext` only.
+fn binary(resource: &Value, patient: &str, opts: &MembershipOptions) -> Visibility {
+    let Some(sc) = resource.get("securityContext") else {
+        return Visibility::Hidden("binary-no-context");
+    };
+    if patient_id(sc, &opts.bases) == Some(patient) {
+        return Visibility::Visible;
+    }
+    let ours = sc
+        .get("reference")
+        .and_then(Value::as_str)
+        .and_then(|r| local_reference(r, &opts.bases))
+        .and_then(split_reference);
+    match ours {
+        Some((t, id)) if t != "Patient" && sc.get("type").is_none_or(|d| d == t) => {
+            Visibility::NeedsLookup(format!("{t}/{id}"))
+        }
+        _ => Visibility::Hidden("compartment"),
+    }
+}
+
+/// A reference relative to our server: `T/id…` as is, `{base}/T/id…` stripped.
+fn local_reference<'a>(reference: &'a str, bases: &[String]) -> Option<&'a str> {
+    if !reference.contains("://") {
+        return Some(reference);
+    }
+    bases.iter().find_map(|b| {
+        reference
+            .strip_prefix(b.trim_end_matches('/'))
+            .and_then(|r| r.strip_prefix('/'))
+    })
+}
+
+/// Judges a single resource body (read, vread, the result of a write); `expected` is the
+/// type the request named, when it named one.
+pub fn check_single(
+    body: &[u8],
+    expected: Option<ResourceType>,
+    view: &View,
+    grant: &Grant,
+    ctx: &FilterContext,
+) -> Result<Visibility, FilterError> {
+    let text = std::str::from_utf8(body).map_err(|_| FilterError::NotUtf8)?;
+    let resource = json::strict_value(text)?;
+    let rtype = resource
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .ok_or(FilterError::WrongType)?;
+    if expected.is_some_and(|t| t.name() != rtype) {
+        return Err(FilterError::WrongType);
+    }
+    Ok(check_resource(&resource, view, grant, ctx))
+}
+
+/// Paging relations whose URLs the caller binds to the token.
+const PAGING: &[&str] = &["self", "first", "previous", "prev", "next", "last"];
+
+/// Filters a Bundle (searchset, history, …): see the module docs for every rule.
+/// `rewrite_link` receives each paging link's URL (already rebased to the public base) and
+/// returns the URL to send, or `None` to drop that link.
+pub fn filter_bundle(
+    body: &[u8],
+    view: &View,
+    grant: &Grant,
+    ctx: &FilterContext,
+    rewrite_link: &dyn Fn(&str) -> Option<String>,
+) -> Result<FilteredBundle, FilterError> {
+    let text = std::str::from_utf8(body).map_err(|_| FilterError::NotUtf8)?;
+    let bundle: json::BundleFields<'_> = serde_json::from_str(text)?;
+    let rtype: Option<&str> = bundle
+        .raw("resourceType")
+        .and_then(|r| serde_json::from_str(r.get()).ok());
+    if rtype != Some("Bundle") {
+        return Err(FilterError::NotABundle);
+    }
+    let mut kept_entries: Vec<Vec<u8>> = Vec::new();
+    let mut removed = 0usize;
+    let mut plans: Vec<KeyPlan> = Vec::new();
+    for (_, value) in &bundle.0 {
+        let json::BundleValue::Entries(entries) = value else {
+            continue;
+        };
+        for entry in entries {
+            if entry_visible(entry, view, grant, ctx, &mut plans)? {
+                kept_entries.push(write_entry(entry, ctx)?);
+            } else {
+                removed += 1;
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(body.len());
+    out.push(b'{');
+    let mut first = true;
+    for (key, value) in &bundle.0 {
+        let key = key.as_ref();
+        let links: Vec<Vec<u8>>;
+        let part = match (key, value) {
+            (_, json::BundleValue::Entries(_)) => Part::Array(&kept_entries),
+            ("total", _) if removed > 0 => continue,
+            ("link", json::BundleValue::Raw(raw)) => {
+                links = rewrite_links(raw, ctx, rewrite_link)?;
+                Part::Array(&links)
+            }
+            (_, json::BundleValue::Raw(raw)) => Part::Raw(raw.get().as_bytes()),
+        };
+        if matches!(part, Part::Array(items) if items.is_empty()) {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        write_key(&mut out, key)?;
+        match part {
+            Part::Raw(bytes) => out.extend_from_slice(bytes),
+            Part::Array(items) => {
+                out.push(b'[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(item);
+                }
+                out.push(b']');
+            }
+        }
+    }
+    out.push(b'}');
+    Ok(FilteredBundle {
+        body: out,
+        removed,
+        kept: kept_entries.len(),
+    })
+}
+
+/// One top-level value of the output Bundle.
+enum Part<'a> {
+    /// Copied as is.
+    Raw(&'a [u8]),
+    /// Serialised items joined into an array (omitted when empty).
+    Array(&'a [Vec<u8>]),
+}
+
+fn write_key(out: &mut Vec<u8>, key: &str) -> Result<(), FilterError> {
+    serde_json::to_writer(&mut *out, key)?;
+    out.push(b':');
+    Ok(())
+}
+
+/// A JSON string's value, or `Malformed(what)`.
+fn string_of(raw: &RawValue, what: &'static str) -> Result<String, FilterError> {
+    serde_json::from_str(raw.get()).map_err(|_| FilterError::Malformed(what))
+}
+
+/// Rebases every link and passes paging links to `rewrite_link`.
+fn rewrite_links(
+    raw: &RawValue,
+    ctx: &FilterContext,
+    rewrite_link: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<Vec<u8>>, FilterError> {
+    let links: Vec<json::Fields<'_>> =
+        serde_json::from_str(raw.get()).map_err(|e| match json::is_duplicate_key(&e) {
+            true => FilterError::DuplicateKey(e),
+            false => FilterError::Malformed("link"),
+        })?;
+    let mut out = Vec::with_capacity(links.len());
+    for link in links {
+        let relation = match link.get("relation") {
+            Some(r) => Some(string_of(r, "link.relation")?),
+            None => None,
+        };
+        let url = match link.get("url") {
+            Some(u) => string_of(u, "link.url")?,
+            None => return Err(FilterError::Malformed("link.url")),
+        };
+        let rebased = ctx.rebase(&url);
+        let url = if relation.as_deref().is_some_and(|r| PAGING.contains(&r)) {
+            match rewrite_link(&rebased) {
+                Some(u) => u,
+                None => continue,
+            }
+        } else {
+            rebased
+        };
+        out.push(write_object(&link, Some(("url", &url)))?);
+    }
+    Ok(out)
+}
+
+/// Re-serialises an object field by field, replacing the value of `replace.0` by the
+/// string `replace.1`.
+fn write_object(
+    fields: &json::Fields<'_>,
+    replace: Option<(&str, &str)>,
+) -> Result<Vec<u8>, FilterError> {
+    let mut out = Vec::new();
+    out.push(b'{');
+    for (i, (k, v)) in fields.0.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_key(&mut out, k)?;
+        if let Some((_, value)) = replace.filter(|(key, _)| k == key) {
+            serde_json::to_writer(&mut out, value)?;
+        } else {
+            out.extend_from_slice(v.get().as_bytes());
+        }
+    }
+    out.push(b'}');
+    Ok(out)
+}
+
+/// The entry, with `fullUrl` rebased.
+fn write_entry(entry: &json::Fields<'_>, ctx: &FilterContext) -> Result<Vec<u8>, FilterError> {
+    match entry.get("fullUrl") {
+        Some(raw) => {
+            let url = string_of(raw, "entry.fullUrl")?;
+            write_object(entry, Some(("fullUrl", &ctx.rebase(&url))))
+        }
+        None => write_object(entry, None),
+    }
+}
+
+/// Which top-level elements of one resource type a decision reads (computed once per
+/// type and Bundle).
+struct KeyPlan {
+    rtype: ResourceType,
+    /// Elements read by name.
+    keys: Vec<&'static str>,
+    /// Expressions whose first step decides (compartment, granular, non-member `patient`).
+    exprs: Vec<&'static Expr>,
+}
+
+impl KeyPlan {
+    fn new(rtype: ResourceType, view: &View, grant: &Grant, ctx: &FilterContext) -> Self {
+        let mut keys = vec!["resourceType", "id"];
+        let mut exprs: Vec<&'static Expr> = Vec::new();
+        if view.context == Context::Patient {
+            match rtype {
+                ResourceType::GROUP => keys.push("member"),
+                ResourceType::BINARY => keys.push("securityContext"),
+                _ => {}
+            }
+            exprs.extend(membership::membership_exprs(rtype, &ctx.membership));
+            if !is_member_type(rtype) {
+                exprs.extend(granular::expression(rtype, "patient"));
+            }
+        }
+        for s in scopes(view, grant, rtype) {
+            exprs.extend(
+                s.granular
+                    .iter()
+                    .filter_map(|p| granular::expression(rtype, &p.name)),
+            );
+        }
+        KeyPlan { rtype, keys, exprs }
+    }
+
+    fn reads(&self, key: &str) -> bool {
+        self.keys.contains(&key) || self.exprs.iter().any(|e| e.reads_top_level(key))
+    }
+}
+
+fn entry_visible(
+    entry: &json::Fields<'_>,
+    view: &View,
+    grant: &Grant,
+    ctx: &FilterContext,
+    plans: &mut Vec<KeyPlan>,
+) -> Result<bool, FilterError> {
+    let Some(raw) = entry.get("resource") else {
+        return Ok(resourceless_visible(entry, view, grant));
+    };
+    let resource = json::fields(raw.get())?;
+    let rtype = resource
+        .get("resourceType")
+        .ok_or(FilterError::Malformed("resource.resourceType"))?;
+    let rtype = string_of(rtype, "resource.resourceType")?;
+    let Some(rtype) = ResourceType::parse(&rtype) else {
+        return Ok(false);
+    };
+    let plan = match plans.iter().position(|p| p.rtype == rtype) {
+        Some(i) => i,
+        None => {
+            plans.push(KeyPlan::new(rtype, view, grant, ctx));
+            plans.len() - 1
+        }
+    };
+    let Some(plan) = plans.get(plan) else {
+        return Ok(false);
+    };
+    let mut reduced = serde_json::Map::new();
+    for (key, value) in &resource.0 {
+        if plan.reads(key) {
+            reduced.insert(key.as_ref().to_owned(), json::strict_value(value.get())?);
+        }
+    }
+    Ok(check_resource(&Value::Object(reduced), view, grant, ctx) == Visibility::Visible)
+}
+
+/// An entry without a resource: see the module docs.
+fn resourceless_visible(entry: &json::Fields<'_>, view: &View, grant: &Grant) -> bool {
+    if view.context == Context::Patient {
+        return false;
+    }
+    let url = |key: &str| -> Option<String> {
+        let raw = entry.get(key)?;
+        if key == "request" {
+            let req = json::fields(raw.get()).ok()?;
+            serde_json::from_str(req.get("url")?.get()).ok()
+        } else {
+            serde_json::from_str(raw.get()).ok()
+        }
+    };
+    let Some(url) = url("request").or_else(|| url("fullUrl")) else {
+        return false;
+    };
+    let path = url.split('?').next().unwrap_or("");
+    let rtype = split_reference(path).and_then(|(t, _)| ResourceType::parse(t));
+    rtype.is_some_and(|t| scopes(view, grant, t).any(|s| s.granular.is_empty()))
+}
+
+#[cfg(test)]
+mod tests;
