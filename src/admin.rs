@@ -25,7 +25,11 @@ pub struct Admin {
 }
 
 impl Handler for Admin {
-    async fn handle(self: Arc<Self>, req: Request<Incoming>, _peer: SocketAddr) -> Response<ProxyBody> {
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        _peer: SocketAddr,
+    ) -> Response<ProxyBody> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
         }
@@ -33,13 +37,18 @@ impl Handler for Admin {
             "/healthz" => text(StatusCode::OK, "ok\n".into()),
             "/readyz" => match self.readiness().await {
                 Ok(()) => text(StatusCode::OK, "ready\n".into()),
-                Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+                Err(why) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {why}\n"),
+                ),
             },
             "/metrics" => {
                 let mut resp = text(StatusCode::OK, self.metrics.encode());
                 resp.headers_mut().insert(
                     header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                    HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
                 );
                 resp
             }
@@ -52,10 +61,21 @@ impl Admin {
     /// Ready when the token keys are loaded and the upstream answers HTTP at all.
     async fn readiness(&self) -> Result<(), String> {
         self.auth.readiness()?;
-        let client = ClientInfo { peer: SocketAddr::from(([127, 0, 0, 1], 0)), proto: "http", host: None };
+        let client = ClientInfo {
+            peer: SocketAddr::from(([127, 0, 0, 1], 0)),
+            proto: "http",
+            host: None,
+        };
         let req = self
             .upstream
-            .request(Method::GET, "metadata", &http::HeaderMap::new(), &client, &HeaderValue::from_static("readyz"), body::empty())
+            .request(
+                Method::GET,
+                "metadata",
+                &http::HeaderMap::new(),
+                &client,
+                &HeaderValue::from_static("readyz"),
+                body::empty(),
+            )
             .map_err(|e| format!("upstream: {e:?}"))?;
         match tokio::time::timeout(Duration::from_secs(2), self.upstream.send(req)).await {
             Ok(Ok(_)) => Ok(()),
@@ -68,6 +88,9 @@ impl Admin {
 fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
     let mut resp = Response::new(body::full(body));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }

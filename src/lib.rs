@@ -44,7 +44,7 @@ pub mod metrics;
 pub mod net;
 pub mod outcome;
 pub mod paging;
-pub mod proxy;
 pub mod pct;
+pub mod proxy;
 pub mod scope;
 pub mod serve;

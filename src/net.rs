@@ -161,7 +161,6 @@ pub fn client(opts: &ClientOptions) -> Result<HttpClient, NetError> {
         .build(https))
 }
 
-
 /// Sends `req` and reads the whole response body (at most `max_body` bytes), all within
 /// `timeout`: for small control-plane calls (JWKS, discovery, introspection), never for
 /// proxied traffic.

@@ -61,7 +61,9 @@ impl PagingKey {
         };
         let expected = self.mac(&target, grant, tag);
         // Constant-time comparison of the hex strings.
-        if aws_lc_rs::constant_time::verify_slices_are_equal(expected.as_bytes(), mac.as_bytes()).is_err() {
+        if aws_lc_rs::constant_time::verify_slices_are_equal(expected.as_bytes(), mac.as_bytes())
+            .is_err()
+        {
             return None;
         }
         view_of(tag, grant)
@@ -77,11 +79,21 @@ impl PagingKey {
 
     fn mac(&self, target: &str, grant: &Grant, tag: &str) -> String {
         let mut ctx = hmac::Context::with_key(&self.key);
-        for part in [target.as_bytes(), &grant.token_hash, grant.patient.as_deref().unwrap_or("").as_bytes(), tag.as_bytes()] {
+        for part in [
+            target.as_bytes(),
+            &grant.token_hash,
+            grant.patient.as_deref().unwrap_or("").as_bytes(),
+            tag.as_bytes(),
+        ] {
             ctx.update(&(part.len() as u64).to_be_bytes());
             ctx.update(part);
         }
-        ctx.sign().as_ref().iter().take(16).map(|b| format!("{b:02x}")).collect()
+        ctx.sign()
+            .as_ref()
+            .iter()
+            .take(16)
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 }
 
@@ -123,7 +135,11 @@ fn view_of(tag: &str, grant: &Grant) -> Option<View> {
         Context::Patient => Some(grant.patient.clone()?),
         _ => None,
     };
-    Some(View { context, patient, letter })
+    Some(View {
+        context,
+        patient,
+        letter,
+    })
 }
 
 #[cfg(test)]
@@ -151,14 +167,40 @@ mod tests {
     fn links_are_bound_to_token_and_patient() {
         let key = PagingKey::new(b"k");
         let public = crate::config::parse_base_url("https://gw/fhir").unwrap();
-        let view = View { context: Context::Patient, patient: Some("A".into()), letter: Letter::S };
+        let view = View {
+            context: Context::Patient,
+            patient: Some("A".into()),
+            letter: Letter::S,
+        };
         let a = grant(1, "A");
-        let signed = key.sign("https://gw/fhir/Observation?patient=A&_page=2", &public, &view, &a).unwrap();
-        let (path, query) = signed.strip_prefix("https://gw/fhir/").unwrap().split_once('?').unwrap();
+        let signed = key
+            .sign(
+                "https://gw/fhir/Observation?patient=A&_page=2",
+                &public,
+                &view,
+                &a,
+            )
+            .unwrap();
+        let (path, query) = signed
+            .strip_prefix("https://gw/fhir/")
+            .unwrap()
+            .split_once('?')
+            .unwrap();
         assert_eq!(key.verify(path, Some(query), &a), Some(view.clone()));
-        assert_eq!(key.strip(path, Some(query)), "Observation?patient=A&_page=2");
-        assert_eq!(key.verify(path, Some(query), &grant(2, "A")), None, "other token");
-        assert_eq!(key.verify(path, Some(query), &grant(1, "B")), None, "other patient");
+        assert_eq!(
+            key.strip(path, Some(query)),
+            "Observation?patient=A&_page=2"
+        );
+        assert_eq!(
+            key.verify(path, Some(query), &grant(2, "A")),
+            None,
+            "other token"
+        );
+        assert_eq!(
+            key.verify(path, Some(query), &grant(1, "B")),
+            None,
+            "other patient"
+        );
         let tampered = query.replace("_page=2", "_page=3");
         assert_eq!(key.verify(path, Some(&tampered), &a), None);
         assert_eq!(key.sign("https://evil/fhir/x", &public, &view, &a), None);

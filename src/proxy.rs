@@ -103,7 +103,11 @@ enum Route<'a> {
 }
 
 impl Handler for Gateway {
-    async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ProxyBody> {
         let started = Instant::now();
         self.metrics.in_flight.inc();
         let request_id = request_id(req.headers());
@@ -111,7 +115,9 @@ impl Handler for Gateway {
             time: now_rfc3339(),
             request_id: request_id.to_str().unwrap_or_default().to_owned(),
             method: req.method().to_string(),
-            path: self.audit.loggable_path(req.uri().path(), req.uri().query()),
+            path: self
+                .audit
+                .loggable_path(req.uri().path(), req.uri().query()),
             ..Record::default()
         };
         let mut resp = match self.run(req, peer, &request_id, &mut rec).await {
@@ -168,8 +174,12 @@ impl Gateway {
         let query = parts.uri.query().map(str::to_owned);
         let rel = match self.route(&path) {
             Route::Outside => {
-                return Err(Early::new(StatusCode::NOT_FOUND, "not-found", "not a FHIR endpoint of this server")
-                    .decision("invalid", "outside-base"));
+                return Err(Early::new(
+                    StatusCode::NOT_FOUND,
+                    "not-found",
+                    "not a FHIR endpoint of this server",
+                )
+                .decision("invalid", "outside-base"));
             }
             Route::Fhir(rel) => rel.to_owned(),
         };
@@ -179,11 +189,23 @@ impl Gateway {
             host: parts.headers.get(header::HOST).cloned(),
         };
 
-        if let Some(resp) = self.public_endpoint(&parts.method, &rel, &parts.headers, &client, request_id, rec).await? {
+        if let Some(resp) = self
+            .public_endpoint(
+                &parts.method,
+                &rel,
+                &parts.headers,
+                &client,
+                request_id,
+                rec,
+            )
+            .await?
+        {
             return Ok(resp);
         }
 
-        let grant = self.authenticate(&parts.headers, query.as_deref(), rec).await?;
+        let grant = self
+            .authenticate(&parts.headers, query.as_deref(), rec)
+            .await?;
         let mut body = ReqBody::Streaming(incoming);
 
         // POST to the base (batch/transaction) and POST …/_search need their body to be
@@ -206,10 +228,21 @@ impl Gateway {
         rec.interaction = Some(interaction_name(fhir.interaction).to_owned());
         rec.resource_type = fhir.resource_type.map(|t| t.name().to_owned());
 
-        if matches!(fhir.interaction, Interaction::Batch | Interaction::Transaction) {
+        if matches!(
+            fhir.interaction,
+            Interaction::Batch | Interaction::Transaction
+        ) {
             let bytes = bytes.unwrap_or_default();
             return self
-                .bundle(&parts.headers, fhir.interaction, &bytes, &grant, &client, request_id, rec)
+                .bundle(
+                    &parts.headers,
+                    fhir.interaction,
+                    &bytes,
+                    &grant,
+                    &client,
+                    request_id,
+                    rec,
+                )
                 .await;
         }
 
@@ -220,15 +253,33 @@ impl Gateway {
             let target = self.paging.strip(&rel, query.as_deref());
             let up = self
                 .upstream
-                .request(Method::GET, &target, &filter_headers(&parts.headers), &client, request_id, body::empty())
+                .request(
+                    Method::GET,
+                    &target,
+                    &filter_headers(&parts.headers),
+                    &client,
+                    request_id,
+                    body::empty(),
+                )
                 .map_err(upstream_error)?;
-            return self.respond(up, &ResponseRule::Filter(view), None, &grant, rec).await;
+            return self
+                .respond(up, &ResponseRule::Filter(view), None, &grant, rec)
+                .await;
         }
 
         let decision = authorize::authorize(&grant, &fhir, &self.rules);
         let plan = self.decided(decision, rec)?;
-        self.forward_plan(&parts.method, &parts.headers, plan, body, &grant, &client, request_id, rec)
-            .await
+        self.forward_plan(
+            &parts.method,
+            &parts.headers,
+            plan,
+            body,
+            &grant,
+            &client,
+            request_id,
+            rec,
+        )
+        .await
     }
 
     /// Phase 0: which part of the URL space the request is in.
@@ -257,12 +308,18 @@ impl Gateway {
             rec.decision = "public";
             rec.reason = "smart-configuration".into();
             let Some(doc) = &self.smart_configuration else {
-                return Err(Early::new(StatusCode::NOT_FOUND, "not-found", "SMART configuration is not configured")
-                    .decision("public", "smart-configuration"));
+                return Err(Early::new(
+                    StatusCode::NOT_FOUND,
+                    "not-found",
+                    "SMART configuration is not configured",
+                )
+                .decision("public", "smart-configuration"));
             };
             let mut resp = Response::new(body::full(doc.clone()));
-            resp.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             return Ok(Some(resp));
         }
         if get && rel == "metadata" {
@@ -271,28 +328,50 @@ impl Gateway {
             rec.interaction = Some("capabilities".into());
             let up = self
                 .upstream
-                .request(Method::GET, "metadata", &filter_headers(headers), client, request_id, body::empty())
+                .request(
+                    Method::GET,
+                    "metadata",
+                    &filter_headers(headers),
+                    client,
+                    request_id,
+                    body::empty(),
+                )
                 .map_err(upstream_error)?;
             let started = Instant::now();
             let resp = self.upstream.send(up).await.map_err(upstream_error)?;
-            self.metrics.upstream_latency.observe(started.elapsed().as_secs_f64());
+            self.metrics
+                .upstream_latency
+                .observe(started.elapsed().as_secs_f64());
             rec.upstream_status = Some(resp.status().as_u16());
             let (parts, incoming) = resp.into_parts();
-            let bytes = collect(incoming, self.max_inspect_bytes).await.map_err(|e| {
-                Early::new(StatusCode::BAD_GATEWAY, "transient", format!("upstream metadata: {e}"))
+            let bytes = collect(incoming, self.max_inspect_bytes)
+                .await
+                .map_err(|e| {
+                    Early::new(
+                        StatusCode::BAD_GATEWAY,
+                        "transient",
+                        format!("upstream metadata: {e}"),
+                    )
                     .decision("error", "upstream-body")
-            })?;
+                })?;
             let body = self.capability_statement(&bytes).ok_or_else(|| {
-                Early::new(StatusCode::BAD_GATEWAY, "transient", "upstream CapabilityStatement is not FHIR JSON")
-                    .decision("error", "upstream-body")
+                Early::new(
+                    StatusCode::BAD_GATEWAY,
+                    "transient",
+                    "upstream CapabilityStatement is not FHIR JSON",
+                )
+                .decision("error", "upstream-body")
             })?;
             let mut resp = Response::new(body::full(body));
             *resp.status_mut() = parts.status;
-            resp.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static(outcome::FHIR_JSON));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(outcome::FHIR_JSON),
+            );
             return Ok(Some(resp));
         }
-        if method == Method::OPTIONS && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD) {
+        if method == Method::OPTIONS && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+        {
             rec.decision = "public";
             rec.reason = "cors-preflight".into();
             let mut resp = Response::new(body::empty());
@@ -322,7 +401,8 @@ impl Gateway {
                         "code": "SMART-on-FHIR"
                     }]}]
                 });
-                if let (Some(smart), Some(obj)) = (&self.smart_configuration, security.as_object_mut())
+                if let (Some(smart), Some(obj)) =
+                    (&self.smart_configuration, security.as_object_mut())
                     && let Ok(doc) = serde_json::from_slice::<Value>(smart)
                 {
                     let mut uris = Vec::new();
@@ -351,7 +431,12 @@ impl Gateway {
     }
 
     /// Phase 1: the bearer token ⇒ a [`Grant`], or 401.
-    async fn authenticate(&self, headers: &HeaderMap, query: Option<&str>, rec: &mut Record) -> Phase<Arc<Grant>> {
+    async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        rec: &mut Record,
+    ) -> Phase<Arc<Grant>> {
         match self.auth.authenticate(headers, query).await {
             Ok(grant) => {
                 rec.client_id = grant.client_id.clone();
@@ -385,7 +470,8 @@ impl Gateway {
             }
             Outcome::Reject(r) => {
                 let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FORBIDDEN);
-                let mut early = Early::new(status, r.issue, r.message).decision("deny", decision.reason.code);
+                let mut early =
+                    Early::new(status, r.issue, r.message).decision("deny", decision.reason.code);
                 if status == StatusCode::FORBIDDEN {
                     early.www_authenticate = Some(format!(
                         "Bearer realm=\"{}\", error=\"insufficient_scope\"",
@@ -436,15 +522,21 @@ impl Gateway {
         // new content must be too, and the write is pinned to the version checked.
         let mut checked_body = None;
         if let Some(view) = &plan.precheck {
-            let current = self.current_version(&plan.request, view, grant, client, request_id).await?;
+            let current = self
+                .current_version(&plan.request, view, grant, client, request_id)
+                .await?;
             match &current {
                 Some((_, Some(version))) => {
                     let etag = format!("W/\"{version}\"");
                     if let Some(sent) = headers.get(header::IF_MATCH)
                         && sent.as_bytes() != etag.as_bytes()
                     {
-                        return Err(Early::new(StatusCode::PRECONDITION_FAILED, "conflict", "If-Match does not match the current version")
-                            .decision("deny", "version-conflict"));
+                        return Err(Early::new(
+                            StatusCode::PRECONDITION_FAILED,
+                            "conflict",
+                            "If-Match does not match the current version",
+                        )
+                        .decision("deny", "version-conflict"));
                     }
                     if let Ok(v) = HeaderValue::from_str(&etag) {
                         out_headers.insert(header::IF_MATCH, v);
@@ -456,7 +548,9 @@ impl Gateway {
             }
             if plan.request.interaction == Interaction::Patch {
                 let patch = body.bytes(self.max_inspect_bytes).await?;
-                let Some((current, _)) = current else { return Err(not_found()) };
+                let Some((current, _)) = current else {
+                    return Err(not_found());
+                };
                 let patched = apply_json_patch(current, &patch, headers)?;
                 self.check_written(&patched, &plan.request, view)?;
                 checked_body = Some(patch);
@@ -465,8 +559,12 @@ impl Gateway {
         if let Some(view) = &plan.body_check {
             let bytes = body.bytes(self.max_inspect_bytes).await?;
             let resource: Value = serde_json::from_slice(&bytes).map_err(|_| {
-                Early::new(StatusCode::BAD_REQUEST, "invalid", "the body must be a FHIR JSON resource")
-                    .decision("deny", "body-not-json")
+                Early::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    "the body must be a FHIR JSON resource",
+                )
+                .decision("deny", "body-not-json")
             })?;
             self.check_written(&resource, &plan.request, view)?;
             checked_body = Some(bytes);
@@ -477,10 +575,27 @@ impl Gateway {
         };
         let up = self
             .upstream
-            .request(method, &target, &out_headers, client, request_id, upstream_body)
+            .request(
+                method,
+                &target,
+                &out_headers,
+                client,
+                request_id,
+                upstream_body,
+            )
             .map_err(upstream_error)?;
-        self.respond(up, &plan.response, plan.request.resource_type.filter(|_| single_resource(&plan.request)).map(Some).unwrap_or(None), grant, rec)
-            .await
+        self.respond(
+            up,
+            &plan.response,
+            plan.request
+                .resource_type
+                .filter(|_| single_resource(&plan.request))
+                .map(Some)
+                .unwrap_or(None),
+            grant,
+            rec,
+        )
+        .await
     }
 
     /// The resource a write would change, if it exists: `(resource, versionId)`. It must
@@ -499,19 +614,37 @@ impl Gateway {
         let target = format!("{}/{}", rtype.name(), id);
         let up = self
             .upstream
-            .request(Method::GET, &target, &json_headers(), client, request_id, body::empty())
+            .request(
+                Method::GET,
+                &target,
+                &json_headers(),
+                client,
+                request_id,
+                body::empty(),
+            )
             .map_err(upstream_error)?;
         let resp = self.upstream.send(up).await.map_err(upstream_error)?;
         if matches!(resp.status(), StatusCode::NOT_FOUND | StatusCode::GONE) {
             return Ok(None);
         }
         if !resp.status().is_success() {
-            return Err(Early::new(StatusCode::BAD_GATEWAY, "transient", "could not read the current version upstream")
-                .decision("error", "precheck-upstream"));
+            return Err(Early::new(
+                StatusCode::BAD_GATEWAY,
+                "transient",
+                "could not read the current version upstream",
+            )
+            .decision("error", "precheck-upstream"));
         }
-        let bytes = collect(resp.into_body(), self.max_inspect_bytes).await.map_err(|_| bad_upstream_body())?;
-        let check_view = View { letter: Letter::R, ..view.clone() };
-        let visible = self.visible_single(&bytes, Some(rtype), &check_view, grant).await?;
+        let bytes = collect(resp.into_body(), self.max_inspect_bytes)
+            .await
+            .map_err(|_| bad_upstream_body())?;
+        let check_view = View {
+            letter: Letter::R,
+            ..view.clone()
+        };
+        let visible = self
+            .visible_single(&bytes, Some(rtype), &check_view, grant)
+            .await?;
         if !visible {
             return Err(not_found());
         }
@@ -526,27 +659,44 @@ impl Gateway {
     /// A resource a patient/ grant writes must have the URL's type (and id), and every
     /// patient reference in it must be the launch patient's.
     fn check_written(&self, resource: &Value, req: &FhirRequest, view: &View) -> Phase<()> {
-        let deny = |why: &str| Early::new(StatusCode::FORBIDDEN, "forbidden", why.to_owned()).decision("deny", "write-compartment");
+        let deny = |why: &str| {
+            Early::new(StatusCode::FORBIDDEN, "forbidden", why.to_owned())
+                .decision("deny", "write-compartment")
+        };
         let rtype = resource.get("resourceType").and_then(Value::as_str);
         if rtype != req.resource_type.map(|t| t.name()) {
-            return Err(Early::new(StatusCode::BAD_REQUEST, "invalid", "resourceType in the body does not match the URL")
-                .decision("deny", "body-type"));
+            return Err(Early::new(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                "resourceType in the body does not match the URL",
+            )
+            .decision("deny", "body-type"));
         }
         if let Some(id) = &req.id
             && resource.get("id").and_then(Value::as_str) != Some(id.as_str())
         {
-            return Err(Early::new(StatusCode::BAD_REQUEST, "invalid", "id in the body does not match the URL")
-                .decision("deny", "body-id"));
+            return Err(Early::new(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                "id in the body does not match the URL",
+            )
+            .decision("deny", "body-id"));
         }
         let Some(patient) = view.patient.as_deref() else {
             return Ok(());
         };
         if !membership::all_patient_refs_are(resource, patient, &self.filter.membership) {
-            return Err(deny("the resource references a patient other than the launch patient"));
+            return Err(deny(
+                "the resource references a patient other than the launch patient",
+            ));
         }
-        let is_member_type = req.resource_type.is_some_and(crate::compartment::definition::is_member_type);
+        let is_member_type = req
+            .resource_type
+            .is_some_and(crate::compartment::definition::is_member_type);
         if is_member_type && !membership::is_member(resource, patient, &self.filter.membership) {
-            return Err(deny("the resource is not in the launch patient's compartment"));
+            return Err(deny(
+                "the resource is not in the launch patient's compartment",
+            ));
         }
         Ok(())
     }
@@ -562,10 +712,16 @@ impl Gateway {
     ) -> Phase<Response<ProxyBody>> {
         let started = Instant::now();
         let resp = self.upstream.send(up).await.map_err(upstream_error)?;
-        self.metrics.upstream_latency.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .upstream_latency
+            .observe(started.elapsed().as_secs_f64());
         rec.upstream_status = Some(resp.status().as_u16());
         let (parts, incoming) = resp.into_parts();
-        let mut headers = forward::response_headers(&parts.headers, &self.filter.upstream_base, &self.filter.public_base);
+        let mut headers = forward::response_headers(
+            &parts.headers,
+            &self.filter.upstream_base,
+            &self.filter.public_base,
+        );
         let ResponseRule::Filter(view) = rule else {
             let mut out = Response::new(body::stream(incoming));
             *out.status_mut() = parts.status;
@@ -577,13 +733,25 @@ impl Gateway {
         if !parts.status.is_success() {
             return Err(match parts.status {
                 StatusCode::NOT_FOUND | StatusCode::GONE => not_found(),
-                s if s.is_client_error() => Early::new(s, "processing", "the FHIR server rejected the request")
-                    .decision(rec.decision, rec.reason.clone()),
-                s => Early::new(if s == StatusCode::GATEWAY_TIMEOUT { s } else { StatusCode::BAD_GATEWAY }, "transient", "the FHIR server failed")
-                    .decision("error", "upstream-status"),
+                s if s.is_client_error() => {
+                    Early::new(s, "processing", "the FHIR server rejected the request")
+                        .decision(rec.decision, rec.reason.clone())
+                }
+                s => Early::new(
+                    if s == StatusCode::GATEWAY_TIMEOUT {
+                        s
+                    } else {
+                        StatusCode::BAD_GATEWAY
+                    },
+                    "transient",
+                    "the FHIR server failed",
+                )
+                .decision("error", "upstream-status"),
             });
         }
-        let bytes = collect(incoming, self.max_inspect_bytes).await.map_err(|_| bad_upstream_body())?;
+        let bytes = collect(incoming, self.max_inspect_bytes)
+            .await
+            .map_err(|_| bad_upstream_body())?;
         if bytes.is_empty() {
             // 201/204 with no body: nothing can leak.
             let mut out = Response::new(body::empty());
@@ -593,7 +761,10 @@ impl Gateway {
         }
         let body = match single {
             Some(rtype) => {
-                if !self.visible_single(&bytes, Some(rtype), view, grant).await? {
+                if !self
+                    .visible_single(&bytes, Some(rtype), view, grant)
+                    .await?
+                {
                     self.metrics.filtered_entries.inc();
                     rec.removed = 1;
                     return Err(not_found());
@@ -605,16 +776,26 @@ impl Gateway {
                 let filtered = filter::filter_bundle(&bytes, view, grant, &self.filter, &sign)
                     .map_err(|e| filter_error(e, rec))?;
                 rec.removed = filtered.removed;
-                self.metrics.filtered_entries.inc_by(filtered.removed as u64);
+                self.metrics
+                    .filtered_entries
+                    .inc_by(filtered.removed as u64);
                 Bytes::from(filtered.body)
             }
         };
-        for h in [header::CONTENT_LENGTH, header::CONTENT_ENCODING, header::ETAG, header::HeaderName::from_static("content-md5")] {
+        for h in [
+            header::CONTENT_LENGTH,
+            header::CONTENT_ENCODING,
+            header::ETAG,
+            header::HeaderName::from_static("content-md5"),
+        ] {
             if single.is_none() || h != header::ETAG {
                 headers.remove(h);
             }
         }
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(outcome::FHIR_JSON));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(outcome::FHIR_JSON),
+        );
         let mut out = Response::new(body::full(body));
         *out.status_mut() = parts.status;
         *out.headers_mut() = headers;
@@ -623,8 +804,15 @@ impl Gateway {
 
     /// Whether a single resource body may leave; a `Binary` is looked up through its
     /// `securityContext` (one level, never recursively).
-    async fn visible_single(&self, bytes: &[u8], rtype: Option<crate::fhir::ResourceType>, view: &View, grant: &Grant) -> Phase<bool> {
-        let verdict = filter::check_single(bytes, rtype, view, grant, &self.filter).map_err(|_| bad_upstream_body())?;
+    async fn visible_single(
+        &self,
+        bytes: &[u8],
+        rtype: Option<crate::fhir::ResourceType>,
+        view: &View,
+        grant: &Grant,
+    ) -> Phase<bool> {
+        let verdict = filter::check_single(bytes, rtype, view, grant, &self.filter)
+            .map_err(|_| bad_upstream_body())?;
         match verdict {
             Visibility::Visible => Ok(true),
             Visibility::Hidden(_) => Ok(false),
@@ -637,16 +825,34 @@ impl Gateway {
                 }
                 let up = self
                     .upstream
-                    .request(Method::GET, &target.upstream_target(), &json_headers(), &internal_client(), &HeaderValue::from_static("securitycontext"), body::empty())
+                    .request(
+                        Method::GET,
+                        &target.upstream_target(),
+                        &json_headers(),
+                        &internal_client(),
+                        &HeaderValue::from_static("securitycontext"),
+                        body::empty(),
+                    )
                     .map_err(upstream_error)?;
                 let resp = self.upstream.send(up).await.map_err(upstream_error)?;
                 if !resp.status().is_success() {
                     return Ok(false);
                 }
-                let ctx = collect(resp.into_body(), self.max_inspect_bytes).await.map_err(|_| bad_upstream_body())?;
-                let ctx_view = View { letter: Letter::R, ..view.clone() };
+                let ctx = collect(resp.into_body(), self.max_inspect_bytes)
+                    .await
+                    .map_err(|_| bad_upstream_body())?;
+                let ctx_view = View {
+                    letter: Letter::R,
+                    ..view.clone()
+                };
                 Ok(matches!(
-                    filter::check_single(&ctx, target.resource_type, &ctx_view, grant, &self.filter),
+                    filter::check_single(
+                        &ctx,
+                        target.resource_type,
+                        &ctx_view,
+                        grant,
+                        &self.filter
+                    ),
                     Ok(Visibility::Visible)
                 ))
             }
@@ -667,9 +873,20 @@ impl Gateway {
         request_id: &HeaderValue,
         rec: &mut Record,
     ) -> Phase<Response<ProxyBody>> {
-        let invalid = || Early::new(StatusCode::BAD_REQUEST, "invalid", "the Bundle is not valid FHIR JSON").decision("invalid", "bundle");
+        let invalid = || {
+            Early::new(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                "the Bundle is not valid FHIR JSON",
+            )
+            .decision("invalid", "bundle")
+        };
         let mut bundle: Value = serde_json::from_slice(bytes).map_err(|_| invalid())?;
-        let entries = bundle.get_mut("entry").and_then(Value::as_array_mut).map(std::mem::take).unwrap_or_default();
+        let entries = bundle
+            .get_mut("entry")
+            .and_then(Value::as_array_mut)
+            .map(std::mem::take)
+            .unwrap_or_default();
         let transaction = kind == Interaction::Transaction;
         let mut forwarded = Vec::new();
         let mut slots: Vec<Result<View, Value>> = Vec::new();
@@ -687,8 +904,12 @@ impl Gateway {
             }
         }
         if transaction && denied > 0 {
-            return Err(Early::new(StatusCode::FORBIDDEN, "forbidden", format!("{denied} transaction entries are not allowed; nothing was applied"))
-                .decision("deny", "transaction-entry"));
+            return Err(Early::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("{denied} transaction entries are not allowed; nothing was applied"),
+            )
+            .decision("deny", "transaction-entry"));
         }
         rec.decision = if denied > 0 { "narrow" } else { "filter" };
         rec.reason = "bundle-entries".into();
@@ -699,18 +920,41 @@ impl Gateway {
         let body = serde_json::to_vec(&bundle).map_err(|_| invalid())?;
         let up = self
             .upstream
-            .request(Method::POST, "", &filter_headers(headers), client, request_id, body::full(body))
+            .request(
+                Method::POST,
+                "",
+                &filter_headers(headers),
+                client,
+                request_id,
+                body::full(body),
+            )
             .map_err(upstream_error)?;
         let resp = self.upstream.send(up).await.map_err(upstream_error)?;
         rec.upstream_status = Some(resp.status().as_u16());
         let status = resp.status();
-        let resp_bytes = collect(resp.into_body(), self.max_inspect_bytes).await.map_err(|_| bad_upstream_body())?;
+        let resp_bytes = collect(resp.into_body(), self.max_inspect_bytes)
+            .await
+            .map_err(|_| bad_upstream_body())?;
         if !status.is_success() {
-            return Err(Early::new(if status.is_client_error() { status } else { StatusCode::BAD_GATEWAY }, "processing", "the FHIR server rejected the Bundle")
-                .decision(rec.decision, "upstream-status"));
+            return Err(Early::new(
+                if status.is_client_error() {
+                    status
+                } else {
+                    StatusCode::BAD_GATEWAY
+                },
+                "processing",
+                "the FHIR server rejected the Bundle",
+            )
+            .decision(rec.decision, "upstream-status"));
         }
-        let mut answer: Value = serde_json::from_slice(&resp_bytes).map_err(|_| bad_upstream_body())?;
-        let mut upstream_entries = answer.get_mut("entry").and_then(Value::as_array_mut).map(std::mem::take).unwrap_or_default().into_iter();
+        let mut answer: Value =
+            serde_json::from_slice(&resp_bytes).map_err(|_| bad_upstream_body())?;
+        let mut upstream_entries = answer
+            .get_mut("entry")
+            .and_then(Value::as_array_mut)
+            .map(std::mem::take)
+            .unwrap_or_default()
+            .into_iter();
         let mut out_entries = Vec::with_capacity(slots.len());
         for slot in slots {
             match slot {
@@ -718,18 +962,27 @@ impl Gateway {
                 Ok(view) => {
                     let mut e = upstream_entries.next().unwrap_or(Value::Null);
                     if let Some(res) = e.get("resource") {
-                        let visible = matches!(filter::check_resource(res, &view, grant, &self.filter), Visibility::Visible);
+                        let visible = matches!(
+                            filter::check_resource(res, &view, grant, &self.filter),
+                            Visibility::Visible
+                        );
                         if !visible && let Some(obj) = e.as_object_mut() {
                             obj.remove("resource");
                             rec.removed += 1;
                         }
                     }
-                    if let Some(full) = e.get("fullUrl").and_then(Value::as_str).map(|u| self.filter.rebase(u))
+                    if let Some(full) = e
+                        .get("fullUrl")
+                        .and_then(Value::as_str)
+                        .map(|u| self.filter.rebase(u))
                         && let Some(obj) = e.as_object_mut()
                     {
                         obj.insert("fullUrl".into(), Value::String(full));
                     }
-                    if let Some(loc) = e.pointer("/response/location").and_then(Value::as_str).map(|u| self.filter.rebase(u))
+                    if let Some(loc) = e
+                        .pointer("/response/location")
+                        .and_then(Value::as_str)
+                        .map(|u| self.filter.rebase(u))
                         && let Some(r) = e.get_mut("response").and_then(Value::as_object_mut)
                     {
                         r.insert("location".into(), Value::String(loc));
@@ -744,7 +997,10 @@ impl Gateway {
         }
         let body = serde_json::to_vec(&answer).map_err(|_| bad_upstream_body())?;
         let mut out = Response::new(body::full(body));
-        out.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(outcome::FHIR_JSON));
+        out.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(outcome::FHIR_JSON),
+        );
         Ok(out)
     }
 
@@ -755,14 +1011,26 @@ impl Gateway {
             serde_json::json!({"response": {"status": "403 Forbidden", "outcome":
                 serde_json::from_slice::<Value>(&outcome::operation_outcome("forbidden", msg)).unwrap_or(Value::Null)}})
         };
-        let method = entry.pointer("/request/method").and_then(Value::as_str).and_then(|m| Method::from_bytes(m.as_bytes()).ok());
+        let method = entry
+            .pointer("/request/method")
+            .and_then(Value::as_str)
+            .and_then(|m| Method::from_bytes(m.as_bytes()).ok());
         let url = entry.pointer("/request/url").and_then(Value::as_str);
         let (Some(method), Some(url)) = (method, url) else {
-            return Err(forbidden("entry.request.method and entry.request.url are required"));
+            return Err(forbidden(
+                "entry.request.method and entry.request.url are required",
+            ));
         };
-        let url = url.strip_prefix(&format!("{}/", self.public.full())).unwrap_or(url).to_owned();
-        let ine = entry.pointer("/request/ifNoneExist").and_then(Value::as_str).map(str::to_owned);
-        let fhir = classify::classify_entry(&method, &url, ine.as_deref()).map_err(|e| forbidden(&e.to_string()))?;
+        let url = url
+            .strip_prefix(&format!("{}/", self.public.full()))
+            .unwrap_or(url)
+            .to_owned();
+        let ine = entry
+            .pointer("/request/ifNoneExist")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let fhir = classify::classify_entry(&method, &url, ine.as_deref())
+            .map_err(|e| forbidden(&e.to_string()))?;
         let decision = authorize::authorize(grant, &fhir, &self.rules);
         let plan = match decision.outcome {
             Outcome::Forward(plan) => plan,
@@ -771,12 +1039,16 @@ impl Gateway {
         // Entries cannot be pre-read atomically inside the upstream's transaction, so a
         // patient/ grant may not update, patch or delete through a Bundle.
         if plan.precheck.is_some() {
-            return Err(forbidden("update, patch and delete under patient/ scopes must be sent one by one"));
+            return Err(forbidden(
+                "update, patch and delete under patient/ scopes must be sent one by one",
+            ));
         }
         if let Some(view) = &plan.body_check {
             let resource = entry.get("resource").cloned().unwrap_or(Value::Null);
             if self.check_written(&resource, &plan.request, view).is_err() {
-                return Err(forbidden("the entry's resource is outside the launch patient's compartment"));
+                return Err(forbidden(
+                    "the entry's resource is outside the launch patient's compartment",
+                ));
             }
         }
         if let Some(req) = entry.get_mut("request").and_then(Value::as_object_mut) {
@@ -787,7 +1059,11 @@ impl Gateway {
         }
         Ok(match plan.response {
             ResponseRule::Filter(view) => view,
-            ResponseRule::PassThrough => View { context: Context::System, patient: None, letter: Letter::R },
+            ResponseRule::PassThrough => View {
+                context: Context::System,
+                patient: None,
+                letter: Letter::R,
+            },
         })
     }
 }
@@ -805,8 +1081,12 @@ impl ReqBody {
         match std::mem::replace(self, ReqBody::Taken) {
             ReqBody::Streaming(incoming) => {
                 let b = collect(incoming, limit).await.map_err(|_| {
-                    Early::new(StatusCode::PAYLOAD_TOO_LARGE, "too-costly", format!("a body that must be checked may be at most {limit} bytes"))
-                        .decision("invalid", "body-too-large")
+                    Early::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "too-costly",
+                        format!("a body that must be checked may be at most {limit} bytes"),
+                    )
+                    .decision("invalid", "body-too-large")
                 })?;
                 *self = ReqBody::Read(b.clone());
                 Ok(b)
@@ -822,7 +1102,10 @@ impl ReqBody {
     /// The body to send upstream, streaming when it was not read.
     fn into_proxy_body(self, limit: u64) -> ProxyBody {
         match self {
-            ReqBody::Streaming(incoming) => body::stream(Limited::new(incoming, usize::try_from(limit).unwrap_or(usize::MAX))),
+            ReqBody::Streaming(incoming) => body::stream(Limited::new(
+                incoming,
+                usize::try_from(limit).unwrap_or(usize::MAX),
+            )),
             ReqBody::Read(b) => body::full(b),
             ReqBody::Taken => body::empty(),
         }
@@ -844,15 +1127,28 @@ where
 fn single_resource(req: &FhirRequest) -> bool {
     matches!(
         req.interaction,
-        Interaction::Read | Interaction::Vread | Interaction::Update | Interaction::Patch | Interaction::Create | Interaction::ConditionalCreate | Interaction::ConditionalUpdate | Interaction::ConditionalPatch
+        Interaction::Read
+            | Interaction::Vread
+            | Interaction::Update
+            | Interaction::Patch
+            | Interaction::Create
+            | Interaction::ConditionalCreate
+            | Interaction::ConditionalUpdate
+            | Interaction::ConditionalPatch
     )
 }
 
 /// Headers for a request whose response must be filtered: JSON, uncompressed.
 fn filter_headers(inbound: &HeaderMap) -> HeaderMap {
     let mut h = inbound.clone();
-    h.insert(header::ACCEPT, HeaderValue::from_static("application/fhir+json"));
-    h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    h.insert(
+        header::ACCEPT,
+        HeaderValue::from_static("application/fhir+json"),
+    );
+    h.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
     h.remove(header::RANGE);
     h.remove(header::IF_NONE_MATCH);
     h.remove(header::IF_MODIFIED_SINCE);
@@ -893,14 +1189,28 @@ fn apply_json_patch(mut current: Value, patch: &[u8], headers: &HeaderMap) -> Ph
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json-patch+json"));
     if !is_json_patch {
-        return Err(Early::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "not-supported", "under patient/ scopes only JSON Patch (application/json-patch+json) can be checked")
-            .decision("deny", "patch-format"));
+        return Err(Early::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not-supported",
+            "under patient/ scopes only JSON Patch (application/json-patch+json) can be checked",
+        )
+        .decision("deny", "patch-format"));
     }
     let ops: json_patch::Patch = serde_json::from_slice(patch).map_err(|_| {
-        Early::new(StatusCode::BAD_REQUEST, "invalid", "the body is not a JSON Patch document").decision("invalid", "patch-body")
+        Early::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "the body is not a JSON Patch document",
+        )
+        .decision("invalid", "patch-body")
     })?;
     json_patch::patch(&mut current, &ops).map_err(|_| {
-        Early::new(StatusCode::UNPROCESSABLE_ENTITY, "processing", "the JSON Patch does not apply to the current version").decision("deny", "patch-apply")
+        Early::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "processing",
+            "the JSON Patch does not apply to the current version",
+        )
+        .decision("deny", "patch-apply")
     })?;
     Ok(current)
 }
@@ -922,25 +1232,43 @@ fn filter_error(e: FilterError, rec: &mut Record) -> Early {
 }
 
 fn bad_upstream_body() -> Early {
-    Early::new(StatusCode::BAD_GATEWAY, "transient", "the FHIR server's response could not be checked, so it was withheld")
-        .decision("error", "upstream-body")
+    Early::new(
+        StatusCode::BAD_GATEWAY,
+        "transient",
+        "the FHIR server's response could not be checked, so it was withheld",
+    )
+    .decision("error", "upstream-body")
 }
 
 /// The one answer for "does not exist" and "not yours": same status, same body.
 fn not_found() -> Early {
-    Early::new(StatusCode::NOT_FOUND, "not-found", "resource not found").decision("deny", "not-found-or-hidden")
+    Early::new(StatusCode::NOT_FOUND, "not-found", "resource not found")
+        .decision("deny", "not-found-or-hidden")
 }
 
 fn upstream_error(e: UpstreamError) -> Early {
     match e {
-        UpstreamError::Timeout => Early::new(StatusCode::GATEWAY_TIMEOUT, "timeout", "the FHIR server did not answer in time")
-            .decision("error", "upstream-timeout"),
+        UpstreamError::Timeout => Early::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            "the FHIR server did not answer in time",
+        )
+        .decision("error", "upstream-timeout"),
         UpstreamError::Unavailable(why) => {
             tracing::warn!(error = %why, "upstream unavailable");
-            Early::new(StatusCode::BAD_GATEWAY, "transient", "the FHIR server is unavailable").decision("error", "upstream-unavailable")
+            Early::new(
+                StatusCode::BAD_GATEWAY,
+                "transient",
+                "the FHIR server is unavailable",
+            )
+            .decision("error", "upstream-unavailable")
         }
-        UpstreamError::BadRequest(why) => Early::new(StatusCode::BAD_REQUEST, "invalid", format!("cannot forward: {why}"))
-            .decision("invalid", "upstream-request"),
+        UpstreamError::BadRequest(why) => Early::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!("cannot forward: {why}"),
+        )
+        .decision("invalid", "upstream-request"),
     }
 }
 
@@ -948,7 +1276,9 @@ fn upstream_error(e: UpstreamError) -> Early {
 fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get("x-request-id")
         && (1..=128).contains(&v.len())
-        && v.as_bytes().iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+        && v.as_bytes()
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
     {
         return v.clone();
     }
@@ -1012,9 +1342,26 @@ pub fn interaction_name(i: Interaction) -> &'static str {
 
 fn interaction_label(name: &str) -> &'static str {
     const ALL: &[&str] = &[
-        "read", "vread", "update", "patch", "delete", "create", "search-type", "search-system", "search-compartment",
-        "history-instance", "history-type", "history-system", "capabilities", "batch", "transaction", "operation",
-        "conditional-create", "conditional-update", "conditional-patch", "conditional-delete",
+        "read",
+        "vread",
+        "update",
+        "patch",
+        "delete",
+        "create",
+        "search-type",
+        "search-system",
+        "search-compartment",
+        "history-instance",
+        "history-type",
+        "history-system",
+        "capabilities",
+        "batch",
+        "transaction",
+        "operation",
+        "conditional-create",
+        "conditional-update",
+        "conditional-patch",
+        "conditional-delete",
     ];
     ALL.iter().find(|n| **n == name).copied().unwrap_or("other")
 }

@@ -68,7 +68,9 @@ pub async fn run(cfg: Arc<Config>) -> Result<(), StartError> {
 }
 
 /// Builds both handlers and binds both listeners.
-pub async fn build(cfg: &Config) -> Result<(TcpListener, TcpListener, Arc<Gateway>, Arc<Admin>), StartError> {
+pub async fn build(
+    cfg: &Config,
+) -> Result<(TcpListener, TcpListener, Arc<Gateway>, Arc<Admin>), StartError> {
     let public = parse_base_url(&cfg.public_base_url).map_err(StartError::Config)?;
     let upstream_base = parse_base_url(&cfg.upstream.url).map_err(StartError::Config)?;
     let client = crate::net::client(&crate::net::ClientOptions {
@@ -79,7 +81,12 @@ pub async fn build(cfg: &Config) -> Result<(TcpListener, TcpListener, Arc<Gatewa
     })
     .map_err(|e| StartError::Config(format!("upstream client: {e}")))?;
     let credentials = upstream_credentials(&cfg.upstream.auth)?;
-    let upstream = Arc::new(Upstream::new(upstream_base.clone(), client.clone(), cfg.upstream.timeout.0, credentials));
+    let upstream = Arc::new(Upstream::new(
+        upstream_base.clone(),
+        client.clone(),
+        cfg.upstream.timeout.0,
+        credentials,
+    ));
     let auth = Authenticator::new(&cfg.auth, &public.full(), client)
         .await
         .map_err(|e| StartError::Auth(e.to_string()))?;
@@ -91,7 +98,12 @@ pub async fn build(cfg: &Config) -> Result<(TcpListener, TcpListener, Arc<Gatewa
         None => PagingKey::random(),
     };
     let non_member = cfg.compartment.non_member_types;
-    let filter = FilterContext::new(&upstream_base.full(), &public.full(), cfg.compartment.actor_membership, non_member);
+    let filter = FilterContext::new(
+        &upstream_base.full(),
+        &public.full(),
+        cfg.compartment.actor_membership,
+        non_member,
+    );
     let audit = AuditLog::open(cfg.audit.output.as_deref(), cfg.audit.log_query_values)
         .map_err(|e| StartError::Config(format!("audit.output: {e}")))?;
     let smart_configuration = cfg.smart.as_ref().map(|s| Bytes::from(smart_document(s)));
@@ -111,8 +123,14 @@ pub async fn build(cfg: &Config) -> Result<(TcpListener, TcpListener, Arc<Gatewa
         max_inspect_bytes: cfg.limits.max_inspect_bytes,
         max_body_bytes: cfg.limits.max_body_bytes,
     });
-    let admin = Arc::new(Admin { metrics, auth, upstream });
-    let public_listener = TcpListener::bind(cfg.listen).await.map_err(|e| StartError::Bind(cfg.listen, e))?;
+    let admin = Arc::new(Admin {
+        metrics,
+        auth,
+        upstream,
+    });
+    let public_listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| StartError::Bind(cfg.listen, e))?;
     let admin_listener = TcpListener::bind(cfg.admin_listen)
         .await
         .map_err(|e| StartError::Bind(cfg.admin_listen, e))?;
@@ -120,7 +138,8 @@ pub async fn build(cfg: &Config) -> Result<(TcpListener, TcpListener, Arc<Gatewa
 }
 
 fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, StartError> {
-    let mut s = std::fs::read(path).map_err(|e| StartError::Config(format!("{}: {e}", path.display())))?;
+    let mut s =
+        std::fs::read(path).map_err(|e| StartError::Config(format!("{}: {e}", path.display())))?;
     while s.last().is_some_and(|b| b.is_ascii_whitespace()) {
         s.pop();
     }
@@ -134,22 +153,29 @@ fn upstream_credentials(auth: &UpstreamAuth) -> Result<Option<HeaderValue>, Star
             let t = read_secret(token_file)?;
             format!("Bearer {}", String::from_utf8_lossy(&t))
         }
-        UpstreamAuth::Basic { username, password_file } => {
+        UpstreamAuth::Basic {
+            username,
+            password_file,
+        } => {
             let p = read_secret(password_file)?;
             let raw = format!("{username}:{}", String::from_utf8_lossy(&p));
             format!("Basic {}", base64_standard(raw.as_bytes()))
         }
     };
-    HeaderValue::from_str(&value)
-        .map(Some)
-        .map_err(|_| StartError::Config("upstream.auth: the credential is not a valid header value".into()))
+    HeaderValue::from_str(&value).map(Some).map_err(|_| {
+        StartError::Config("upstream.auth: the credential is not a valid header value".into())
+    })
 }
 
 fn base64_standard(input: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
     for chunk in input.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -185,7 +211,10 @@ fn smart_document(s: &crate::config::SmartConfig) -> Vec<u8> {
             }
         }
         if !s.scopes_supported.is_empty() {
-            obj.insert("scopes_supported".into(), serde_json::json!(s.scopes_supported));
+            obj.insert(
+                "scopes_supported".into(),
+                serde_json::json!(s.scopes_supported),
+            );
         }
     }
     serde_json::to_vec(&doc).unwrap_or_default()

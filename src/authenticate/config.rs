@@ -162,8 +162,15 @@ pub struct JwtConfig {
     /// Bound on one discovery or JWKS fetch (default 5s).
     #[serde(default = "default_timeout")]
     pub timeout: HumanDuration,
+    /// How long a verified token's grant is reused without checking its signature again
+    /// (default 5m; never past the token's `exp` or a JWKS change; `0s` disables).
+    #[serde(default = "default_verified_cache_ttl")]
+    pub verified_cache_ttl: HumanDuration,
 }
 
+fn default_verified_cache_ttl() -> HumanDuration {
+    secs(300)
+}
 fn default_algorithms() -> Vec<SigningAlgorithm> {
     vec![SigningAlgorithm::RS256, SigningAlgorithm::ES256]
 }
@@ -212,6 +219,7 @@ impl JwtConfig {
             unknown_kid_cooldown: default_cooldown(),
             max_staleness: default_max_staleness(),
             timeout: default_timeout(),
+            verified_cache_ttl: default_verified_cache_ttl(),
         }
     }
 }
@@ -349,8 +357,9 @@ impl AuthConfig {
     pub fn validate(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         let http_url = |u: &str| {
-            u.parse::<http::Uri>()
-                .is_ok_and(|uri| matches!(uri.scheme_str(), Some("https" | "http")) && uri.host().is_some())
+            u.parse::<http::Uri>().is_ok_and(|uri| {
+                matches!(uri.scheme_str(), Some("https" | "http")) && uri.host().is_some()
+            })
         };
         if let Some(j) = &self.jwt {
             if j.issuer.is_empty() {
@@ -360,16 +369,25 @@ impl AuthConfig {
                 out.push(("jwt.algorithms".into(), "must not be empty".into()));
             }
             if j.jwks_uri.as_deref().is_some_and(|u| !http_url(u)) {
-                out.push(("jwt.jwks_uri".into(), "must be an absolute http(s) URL".into()));
+                out.push((
+                    "jwt.jwks_uri".into(),
+                    "must be an absolute http(s) URL".into(),
+                ));
             }
             if j.audience.as_ref().is_some_and(|a| {
                 let a = a.to_vec();
                 a.is_empty() || a.iter().any(String::is_empty)
             }) {
-                out.push(("jwt.audience".into(), "must name at least one non-empty audience".into()));
+                out.push((
+                    "jwt.audience".into(),
+                    "must name at least one non-empty audience".into(),
+                ));
             }
             if j.jwks_refresh_min > j.jwks_refresh_max {
-                out.push(("jwt.jwks_refresh_min".into(), "must not exceed jwks_refresh_max".into()));
+                out.push((
+                    "jwt.jwks_refresh_min".into(),
+                    "must not exceed jwks_refresh_max".into(),
+                ));
             }
             if j.max_staleness <= j.jwks_refresh_max {
                 out.push((
@@ -380,7 +398,10 @@ impl AuthConfig {
         }
         if let Some(i) = &self.introspection {
             if !http_url(&i.endpoint) {
-                out.push(("introspection.endpoint".into(), "must be an absolute http(s) URL".into()));
+                out.push((
+                    "introspection.endpoint".into(),
+                    "must be an absolute http(s) URL".into(),
+                ));
             }
             if i.client_secret_file.is_some() == i.client_secret.is_some() {
                 out.push((

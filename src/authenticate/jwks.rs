@@ -240,6 +240,12 @@ impl KeyStore {
         }
     }
 
+    /// Changes whenever a fetch happened: results verified under an older generation are
+    /// verified again (a key may have been withdrawn).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// The current keys (a cheap snapshot).
     pub(crate) fn current(&self) -> Arc<KeySet> {
         match self.keys.read() {

@@ -6,6 +6,7 @@
 //! (jsonwebtoken) ⇒ `iat` ⇒ claims mapping.
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -66,6 +67,9 @@ pub(crate) struct JwtVerifier {
     validations: Vec<(Algorithm, Validation)>,
     leeway: u64,
     mapping: ClaimsMapping,
+    /// Grants of tokens already verified, by token hash, with the key generation they were
+    /// verified under: a repeat request costs a hash and a lookup, not a signature check.
+    verified: moka::sync::Cache<[u8; 32], (Arc<Grant>, u64)>,
 }
 
 impl JwtVerifier {
@@ -98,7 +102,38 @@ impl JwtVerifier {
             validations,
             leeway,
             mapping,
+            verified: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(cfg.verified_cache_ttl.0)
+                .build(),
         }
+    }
+
+    /// [`Self::verify`] behind the cache of verified tokens. A hit is still refused when
+    /// the keys went stale, when a JWKS fetch happened since it was verified (a key may
+    /// have been withdrawn), or once the token expired.
+    pub(crate) async fn verify_cached(
+        &self,
+        token: &str,
+        token_hash: [u8; 32],
+        now: u64,
+    ) -> Result<Arc<Grant>, AuthError> {
+        let generation = self.store.generation();
+        if let Some((grant, verified_under)) = self.verified.get(&token_hash)
+            && verified_under == generation
+            && now <= grant.expires_at.saturating_add(self.leeway)
+        {
+            if !self.store.fresh_enough() {
+                return Err(AuthError::KeysStale);
+            }
+            return Ok(grant);
+        }
+        let grant = Arc::new(self.verify(token, token_hash, now).await?);
+        // `generation` was read before verifying: a fetch during verification makes this
+        // entry old on arrival, so it is verified again next time (never trusted longer).
+        self.verified
+            .insert(token_hash, (Arc::clone(&grant), generation));
+        Ok(grant)
     }
 
     /// Verifies `token` and maps its claims.

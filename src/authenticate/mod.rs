@@ -242,13 +242,13 @@ impl Authenticator {
         let hash = token_hash(token);
         match (&self.jwt, &self.introspection) {
             (None, None) => Err(AuthError::NotConfigured),
-            (Some(j), None) => j.verify(token, hash, now_secs()).await.map(Arc::new),
+            (Some(j), None) => j.verify_cached(token, hash, now_secs()).await,
             (None, Some(i)) => i.introspect(token, hash).await,
             (Some(j), Some(i)) => {
                 let local = !self.always_introspect
                     && jwt::peek_issuer(token).is_some_and(|iss| iss == j.issuer);
                 if local {
-                    j.verify(token, hash, now_secs()).await.map(Arc::new)
+                    j.verify_cached(token, hash, now_secs()).await
                 } else {
                     i.introspect(token, hash).await
                 }

@@ -10,8 +10,9 @@
 //! this order (the first that needs the least narrowing wins):
 //! 1. `system/` (Backend Services tokens only: no `fhirUser`, no `patient`) or `user/`
 //!    scopes **without** granular restrictions ⇒ forwarded as asked,
-//!    [`ResponseRule::PassThrough`] (a [`ResponseRule::Filter`] when `_include`/`_revinclude`
-//!    could bring in types the grant does not cover);
+//!    [`ResponseRule::PassThrough`] for single resources; Bundles (searches, history,
+//!    operations) always get a [`ResponseRule::Filter`], which rewrites their upstream
+//!    links and judges `_include`/`_revinclude` types the grant may not cover;
 //! 2. `patient/` scopes, confined to the launch patient's compartment (see below);
 //! 3. granular `user/`/`system/` scopes ⇒ filtered, and searches narrowed.
 //!
@@ -601,8 +602,15 @@ fn open_context(
         letter: need.view_letter,
     };
     let granular = cov == Cover::Granular;
-    let mut p = plan(req.clone(), ResponseRule::PassThrough);
     let i = req.interaction;
+    // A Bundle carries paging links and fullUrls of the upstream: it is always read and
+    // rewritten (and judged), never streamed as the upstream wrote it.
+    let rule = if returns_bundle(i) {
+        ResponseRule::Filter(view.clone())
+    } else {
+        ResponseRule::PassThrough
+    };
+    let mut p = plan(req.clone(), rule);
     if has_criteria(i) {
         if let Err(message) = narrow::side_channels(grant, ctx, &req.params) {
             return Verdict::Deny(deny(403, "forbidden-parameter", message, scope));
@@ -800,6 +808,20 @@ fn patient_context(
     }
     p.narrowed |= narrow::neutralize(&mut p.request.params);
     Verdict::Allow(allow(p, "scope", scope))
+}
+
+/// Interactions whose response is a Bundle.
+fn returns_bundle(i: Interaction) -> bool {
+    matches!(
+        i,
+        Interaction::SearchType
+            | Interaction::SearchSystem
+            | Interaction::SearchCompartment
+            | Interaction::HistoryInstance
+            | Interaction::HistoryType
+            | Interaction::HistorySystem
+            | Interaction::Operation
+    )
 }
 
 /// `openid fhirUser`: the signed-in user may read their own resource.

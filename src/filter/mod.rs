@@ -36,8 +36,8 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::authenticate::Grant;
-use crate::authorize::View;
 pub use crate::authorize::NonMemberAccess;
+use crate::authorize::View;
 use crate::compartment::definition::is_member_type;
 use crate::compartment::fhirpath::{Expr, reference_type, split_reference};
 use crate::compartment::granular;

@@ -24,7 +24,11 @@ impl Resp {
 
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!("not JSON ({e}), status {}: {}", self.status, String::from_utf8_lossy(&self.body))
+            panic!(
+                "not JSON ({e}), status {}: {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
         })
     }
 
@@ -34,7 +38,13 @@ impl Resp {
 }
 
 /// Sends one request on a fresh connection. `addr` is `host:port`.
-pub fn send(addr: &str, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Resp> {
+pub fn send(
+    addr: &str,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Resp> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut head = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
@@ -78,7 +88,12 @@ fn read_response(r: &mut impl BufRead, head_only: bool) -> std::io::Result<Resp>
             headers.push((k.trim().to_owned(), v.trim().to_owned()));
         }
     }
-    let find = |n: &str| headers.iter().find(|(k, _): &&(String, String)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
+    let find = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _): &&(String, String)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.clone())
+    };
     let mut body = Vec::new();
     if head_only || status == 204 || status == 304 {
     } else if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
@@ -104,5 +119,9 @@ fn read_response(r: &mut impl BufRead, head_only: bool) -> std::io::Result<Resp>
     } else {
         r.read_to_end(&mut body)?;
     }
-    Ok(Resp { status, headers, body })
+    Ok(Resp {
+        status,
+        headers,
+        body,
+    })
 }

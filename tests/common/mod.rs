@@ -25,7 +25,10 @@ pub struct Bed {
 
 impl Bed {
     pub fn var(&self, k: &str) -> &str {
-        self.env.get(k).map(String::as_str).unwrap_or_else(|| panic!("test bed env has no {k}"))
+        self.env
+            .get(k)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("test bed env has no {k}"))
     }
 
     /// `host:port` of an `http://host:port/...` URL from the env.
@@ -58,7 +61,8 @@ pub fn bed() -> &'static Bed {
         let dir = match std::env::var("SMARTGATE_TESTBED_DIR") {
             Ok(d) if PathBuf::from(&d).join("env").exists() => PathBuf::from(d),
             _ => {
-                let dir = std::env::temp_dir().join(format!("smartgate-bed-{}", std::process::id()));
+                let dir =
+                    std::env::temp_dir().join(format!("smartgate-bed-{}", std::process::id()));
                 let status = Command::new("bash")
                     .arg(repo_root().join("scripts/testbed.sh"))
                     .args(["start", "--dir"])
@@ -67,7 +71,11 @@ pub fn bed() -> &'static Bed {
                     .stdout(Stdio::null())
                     .status()
                     .expect("run scripts/testbed.sh");
-                assert!(status.success(), "test bed failed to start (see {})", dir.display());
+                assert!(
+                    status.success(),
+                    "test bed failed to start (see {})",
+                    dir.display()
+                );
                 dir
             }
         };
@@ -75,7 +83,12 @@ pub fn bed() -> &'static Bed {
         let env = text
             .lines()
             .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.trim().to_owned(), v.trim().trim_matches('"').trim_matches('\'').to_owned()))
+            .map(|(k, v)| {
+                (
+                    k.trim().to_owned(),
+                    v.trim().trim_matches('"').trim_matches('\'').to_owned(),
+                )
+            })
             .collect();
         Bed { env, dir }
     })
@@ -137,7 +150,10 @@ pub fn mint(req: &TokenReq<'_>, default_aud: &str) -> String {
     if let Some(a) = req.alg {
         form.push(("alg", a.to_owned()));
     }
-    let body: Vec<String> = form.iter().map(|(k, v)| format!("{k}={}", enc(v))).collect();
+    let body: Vec<String> = form
+        .iter()
+        .map(|(k, v)| format!("{k}={}", enc(v)))
+        .collect();
     let token_url = bed.var("AS_TOKEN");
     let resp = http::send(
         &authority(token_url),
@@ -152,7 +168,10 @@ pub fn mint(req: &TokenReq<'_>, default_aud: &str) -> String {
     )
     .expect("token endpoint");
     assert_eq!(resp.status, 200, "token request failed: {}", resp.text());
-    resp.json()["access_token"].as_str().expect("access_token").to_owned()
+    resp.json()["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_owned()
 }
 
 /// A running smartgate binary in front of the test bed.
@@ -165,7 +184,11 @@ pub struct Proxy {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 impl Proxy {
@@ -177,12 +200,27 @@ impl Proxy {
     }
 
     pub fn start_with(extra: &str, upstream_url: Option<&str>, auth_yaml: Option<&str>) -> Proxy {
+        Self::launch(extra, upstream_url, auth_yaml, "10s")
+    }
+
+    /// A proxy whose `upstream.timeout` is `timeout`.
+    pub fn start_with_timeout(upstream_url: &str, timeout: &str) -> Proxy {
+        Self::launch("", Some(upstream_url), None, timeout)
+    }
+
+    fn launch(
+        extra: &str,
+        upstream_url: Option<&str>,
+        auth_yaml: Option<&str>,
+        timeout: &str,
+    ) -> Proxy {
         let bed = bed();
         let port = free_port();
         let admin_port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let base = format!("http://{addr}/fhir");
-        let dir = std::env::temp_dir().join(format!("smartgate-proxy-{}-{port}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("smartgate-proxy-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("proxy dir");
         let secret = dir.join("introspection-secret");
         std::fs::write(&secret, bed.var("AS_INTROSPECT_CLIENT_SECRET")).expect("secret");
@@ -197,7 +235,7 @@ impl Proxy {
             )
         });
         let config = format!(
-            "listen: {addr}\nadmin_listen: 127.0.0.1:{admin_port}\npublic_base_url: {base}\nupstream:\n  url: {up}\n  timeout: 10s\n{auth}audit:\n  output: {audit}\nshutdown:\n  grace: 5s\n{extra}",
+            "listen: {addr}\nadmin_listen: 127.0.0.1:{admin_port}\npublic_base_url: {base}\nupstream:\n  url: {up}\n  timeout: {timeout}\n{auth}audit:\n  output: {audit}\nshutdown:\n  grace: 5s\n{extra}",
             up = upstream_url.unwrap_or(bed.var("FHIR_BASE")),
             audit = dir.join("audit.log").display(),
         );
@@ -210,7 +248,13 @@ impl Proxy {
             .stderr(std::fs::File::create(dir.join("stderr.log")).expect("log"))
             .spawn()
             .expect("spawn smartgate");
-        let proxy = Proxy { child, addr, admin: format!("127.0.0.1:{admin_port}"), base, dir };
+        let proxy = Proxy {
+            child,
+            addr,
+            admin: format!("127.0.0.1:{admin_port}"),
+            base,
+            dir,
+        };
         proxy.wait_ready();
         proxy
     }
@@ -225,12 +269,22 @@ impl Proxy {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("smartgate did not start: {}", std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default());
+        panic!(
+            "smartgate did not start: {}",
+            std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+        );
     }
 
     /// A token for this proxy's audience.
     pub fn token(&self, scope: &str, patient: Option<&str>) -> String {
-        mint(&TokenReq { scope, patient, ..Default::default() }, &self.base)
+        mint(
+            &TokenReq {
+                scope,
+                patient,
+                ..Default::default()
+            },
+            &self.base,
+        )
     }
 
     pub fn mint(&self, req: TokenReq<'_>) -> String {
@@ -242,14 +296,22 @@ impl Proxy {
         self.req("GET", rel, token, &[], b"")
     }
 
-    pub fn req(&self, method: &str, rel: &str, token: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+    pub fn req(
+        &self,
+        method: &str,
+        rel: &str,
+        token: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Resp {
         let auth = format!("Bearer {token}");
         let mut h: Vec<(&str, &str)> = headers.to_vec();
         if !token.is_empty() {
             h.push(("Authorization", &auth));
         }
         let sep = if rel.is_empty() { "" } else { "/" };
-        http::send(&self.addr, method, &format!("/fhir{sep}{rel}"), &h, body).expect("request to smartgate")
+        http::send(&self.addr, method, &format!("/fhir{sep}{rel}"), &h, body)
+            .expect("request to smartgate")
     }
 
     pub fn audit_lines(&self) -> Vec<serde_json::Value> {
@@ -266,7 +328,9 @@ impl Proxy {
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let status = self.child.wait().expect("wait");
         std::mem::forget(self);
         status
@@ -288,7 +352,11 @@ pub fn entry_ids(bundle: &serde_json::Value) -> Vec<String> {
             es.iter()
                 .filter_map(|e| {
                     let r = &e["resource"];
-                    Some(format!("{}/{}", r["resourceType"].as_str()?, r["id"].as_str()?))
+                    Some(format!(
+                        "{}/{}",
+                        r["resourceType"].as_str()?,
+                        r["id"].as_str()?
+                    ))
                 })
                 .collect()
         })
