@@ -310,16 +310,16 @@ def http_get(url: str, token: str | None = None, timeout: float = 30) -> tuple[i
         req.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.read(), dict(r.headers)
+            return r.status, r.read(), {k.lower(): v for k, v in r.headers.items()}
     except urllib.error.HTTPError as e:
-        return e.code, e.read(), dict(e.headers)
+        return e.code, e.read(), {k.lower(): v for k, v in e.headers.items()}
     except OSError as e:
         return 0, str(e).encode(), {}
 
 
 def check(url: str, token: str | None) -> dict:
     st, body, headers = http_get(url, token)
-    out = {"status": st, "bytes": len(body), "content_type": headers.get("Content-Type", "")}
+    out = {"status": st, "bytes": len(body), "content_type": headers.get("content-type", "")}
     try:
         doc = json.loads(body)
         if doc.get("resourceType") == "Bundle":
@@ -432,7 +432,8 @@ def memory_tests(procs: Procs, work: str, binary: str | None, ports: dict, token
     out["nginx_1000"] = conns_1000(nginx_pid, f"http://127.0.0.1:{ports['nginx']}/{READ}", None)
     if not binary:
         return out
-    port, admin = free_port(), free_port()
+    # Same ports as the throughput instance (stopped by now): the tokens' aud is that public base URL.
+    port, admin = ports["smartgate"], ports["admin"]
     try:
         p = start_smartgate(procs, work, "smartgate-mem", binary, port, admin, ports["upstream"])
     except RuntimeError as e:
