@@ -509,6 +509,7 @@ def render(res: dict) -> str:
     lines = [
         f"# smartgate load benchmark — {res['date']}",
         "",
+        *([f"**Interrupted ({res['interrupted']}): partial results.**", ""] if res.get("interrupted") else []),
         f"Command: `{res['command']}`  ",
         f"Machine: {m['nproc']} CPUs, {m['cpu_model']}, kernel {m['kernel']}, {m['os']}; "
         f"load average {' '.join(m['loadavg_start'])} at start, {' '.join(res.get('loadavg_end', []))} at end.  ",
@@ -648,10 +649,8 @@ def main() -> int:
     procs = Procs(a.work)
 
     def on_signal(signum, _frame):
+        res["interrupted"] = f"signal {signum}"
         raise SystemExit(128 + signum)
-
-    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(s, on_signal)
 
     ports = {"upstream": free_port(), "nginx": free_port(), "smartgate": free_port(), "admin": free_port()}
     started = dt.datetime.now()
@@ -664,6 +663,8 @@ def main() -> int:
         "runs": [],
         "checks": [],
     }
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
     try:
         log("generating data, key, tokens")
         upstream_base = f"http://127.0.0.1:{ports['upstream']}"

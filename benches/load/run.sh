@@ -64,8 +64,14 @@ fi
 # --- run
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/smartgate-load.XXXXXX")"
+BENCH_PID=""
 cleanup() {
   local rc=$?
+  # The driver stops its own children on TERM; the pid file catches whatever it could not.
+  if [[ -n "$BENCH_PID" ]] && kill -0 "$BENCH_PID" 2>/dev/null; then
+    kill -TERM "$BENCH_PID" 2>/dev/null || true
+    for _ in $(seq 1 30); do kill -0 "$BENCH_PID" 2>/dev/null || break; sleep 0.5; done
+  fi
   if [[ -f "$WORK/pids" ]]; then
     while read -r pid; do
       [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null && kill -TERM "$pid" 2>/dev/null || true
@@ -88,7 +94,11 @@ limit=$(( 28 * (secs + 10) + 600 ))
 NO_MEM=()
 [[ "${BENCH_NO_MEMORY:-0}" == 1 ]] && NO_MEM=(--no-memory)
 cmd="BENCH_DURATION=$DURATION BENCH_VARIANTS=$VARIANTS benches/load/run.sh"
+# In the background + wait, so that INT/TERM reach the trap at once instead of after the run.
 timeout -k 10 "$limit" python3 "$HERE/bench.py" --work "$WORK" --out "$OUT" --duration "$DURATION" \
-  --variants "$VARIANTS" --command "$cmd" ${SG_ARGS[@]+"${SG_ARGS[@]}"} ${NO_MEM[@]+"${NO_MEM[@]}"}
+  --variants "$VARIANTS" --command "$cmd" ${SG_ARGS[@]+"${SG_ARGS[@]}"} ${NO_MEM[@]+"${NO_MEM[@]}"} &
+BENCH_PID=$!
+wait "$BENCH_PID"
+BENCH_PID=""
 latest="$(ls -t "$OUT"/load-*.md 2>/dev/null | head -1)"
 [[ -n "$latest" ]] && { say "results: $latest"; cat "$latest"; }
