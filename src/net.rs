@@ -228,7 +228,7 @@ mod tests {
         });
         let c = client(&ClientOptions::default()).unwrap();
         let req = http::Request::get(format!("http://{addr}/"))
-            .body(full(Bytes::new()))
+            .body(crate::body::full(Bytes::new()))
             .unwrap();
         let started = std::time::Instant::now();
         let r = fetch(&c, req, Duration::from_millis(200), 1024).await;

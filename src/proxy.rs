@@ -35,7 +35,7 @@ use crate::listen::Handler;
 use crate::metrics::{Metrics, RequestLabels, status_class};
 use crate::outcome;
 use crate::paging::PagingKey;
-use crate::scope::{Context, Letter};
+use crate::scope::Letter;
 
 /// Everything the pipeline needs, built once at start-up and shared by all requests.
 pub struct Gateway {
@@ -889,7 +889,7 @@ impl Gateway {
             .unwrap_or_default();
         let transaction = kind == Interaction::Transaction;
         let mut forwarded = Vec::new();
-        let mut slots: Vec<Result<View, Value>> = Vec::new();
+        let mut slots: Vec<Result<Option<View>, Value>> = Vec::new();
         let mut denied = 0;
         for mut entry in entries {
             match self.decide_entry(&mut entry, grant) {
@@ -961,9 +961,9 @@ impl Gateway {
                 Err(outcome_entry) => out_entries.push(outcome_entry),
                 Ok(view) => {
                     let mut e = upstream_entries.next().unwrap_or(Value::Null);
-                    if let Some(res) = e.get("resource") {
+                    if let (Some(view), Some(res)) = (&view, e.get("resource")) {
                         let visible = matches!(
-                            filter::check_resource(res, &view, grant, &self.filter),
+                            filter::check_resource(res, view, grant, &self.filter),
                             Visibility::Visible
                         );
                         if !visible && let Some(obj) = e.as_object_mut() {
@@ -1004,9 +1004,10 @@ impl Gateway {
         Ok(out)
     }
 
-    /// Decides one batch/transaction entry, narrowing its URL in place. `Err` holds the
+    /// Decides one batch/transaction entry, narrowing its URL in place: `Ok(Some(view))`
+    /// when its response must be judged, `Ok(None)` when it may pass as is; `Err` holds the
     /// response entry to answer in its place.
-    fn decide_entry(&self, entry: &mut Value, grant: &Grant) -> Result<View, Value> {
+    fn decide_entry(&self, entry: &mut Value, grant: &Grant) -> Result<Option<View>, Value> {
         let forbidden = |msg: &str| {
             serde_json::json!({"response": {"status": "403 Forbidden", "outcome":
                 serde_json::from_slice::<Value>(&outcome::operation_outcome("forbidden", msg)).unwrap_or(Value::Null)}})
@@ -1058,12 +1059,8 @@ impl Gateway {
             }
         }
         Ok(match plan.response {
-            ResponseRule::Filter(view) => view,
-            ResponseRule::PassThrough => View {
-                context: Context::System,
-                patient: None,
-                letter: Letter::R,
-            },
+            ResponseRule::Filter(view) => Some(view),
+            ResponseRule::PassThrough => None,
         })
     }
 }
