@@ -541,11 +541,14 @@ def render(res: dict) -> str:
                 f"| {sc} | {c} | {v} | {r['rps']:,.0f} | {ms(r['p50_us'])} | {ms(r['p99_us'])} | {ms(r['p999_us'])} | "
                 f"{errs} | {cpu} | {'' if rn is None else f'{rn:.2f}'} | {'' if rd is None else f'{rd:.2f}'} |"
             )
-    lines += ["", "## Ratios (throughput)", "", "| scenario | conns | (c)/(b) sg-jwt/nginx | (c)/(a) sg-jwt/direct | (d)/(b) sg-opaque/nginx |", "|---|---:|---:|---:|---:|"]
+    lines += ["", "## Ratios (throughput)", "", "| scenario | conns | (c)/(b) sg-jwt/nginx | (c)/(a) sg-jwt/direct | (d)/(b) sg-opaque/nginx | CPU/req sg-jwt ÷ nginx |", "|---|---:|---:|---:|---:|---:|"]
     for sc, c in keys:
         g = lambda v: by.get((sc, c, v), {}).get("rps")  # noqa: E731
-        cells = [ratio(g("sg-jwt"), g("nginx")), ratio(g("sg-jwt"), g("direct")), ratio(g("sg-opaque"), g("nginx"))]
+        cpu = lambda v: by.get((sc, c, v), {}).get("cpu_us_per_req")  # noqa: E731
+        cells = [ratio(g("sg-jwt"), g("nginx")), ratio(g("sg-jwt"), g("direct")), ratio(g("sg-opaque"), g("nginx")), ratio(cpu("sg-jwt"), cpu("nginx"))]
         lines.append(f"| {sc} | {c} | " + " | ".join("–" if x is None else f"{x:.2f}" for x in cells) + " |")
+    lines += ["", "Throughput ratios swing with the machine's load; the last column (proxy CPU per request, smartgate over "
+              "nginx) does not depend on how much CPU the proxy got, so it is the steadier measure of the overhead."]
 
     lines += ["", "## Targets", "", "| target | measured | verdict |", "|---|---|---|"]
     for t in res.get("targets", []):
