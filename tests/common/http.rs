@@ -2,7 +2,7 @@
 //! normalisation, so `%2F`, `..` and friends reach the proxy as written) and decodes
 //! `Content-Length` and chunked responses.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
