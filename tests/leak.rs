@@ -1000,7 +1000,10 @@ impl Gen<'_> {
                     "Patient",
                 ]);
                 let target = match self.rng.below(4) {
-                    0 => format!("Patient/{x}/$everything"),
+                    0 if self.rng.chance(50) => format!("Patient/{x}/$everything"),
+                    0 => format!(
+                        "Patient/{x}/$everything?_type=Observation,Practitioner,Patient,Group,Provenance"
+                    ),
                     1 => format!("Patient/{x}/{t2}?_count={}", 1 + self.rng.below(20)),
                     _ => format!("Patient/{x}/{t2}{}", self.extras(t2).replacen('&', "?", 1)),
                 };
@@ -1110,7 +1113,7 @@ impl Gen<'_> {
                 let (ty, id) = k.split_once('/').unwrap();
                 let hijack = serde_json::json!({"resourceType": ty, "id": id, "status": "final",
                     "code": {"text": "x"}, "subject": {"reference": format!("Patient/{a}")}, "patient": {"reference": format!("Patient/{a}")}});
-                let mut c = match self.rng.below(5) {
+                let mut c = match self.rng.below(8) {
                     0 => mk(
                         a,
                         sci,
@@ -1147,6 +1150,48 @@ impl Gen<'_> {
                         'r',
                         Expect::WriteOther(k.clone()),
                     ),
+                    5 => {
+                        let mut c = mk(
+                            a,
+                            sci,
+                            "PATCH",
+                            format!("{ty}?_id={id}"),
+                            'r',
+                            Expect::WriteOther(k.clone()),
+                        );
+                        c.body = br#"[{"op":"add","path":"/language","value":"de"}]"#.to_vec();
+                        c.content_type = Some("application/json-patch+json");
+                        c
+                    }
+                    6 | 7 => {
+                        // Writes inside a batch or transaction: each entry is decided alone.
+                        let kind = if self.rng.chance(50) {
+                            "batch"
+                        } else {
+                            "transaction"
+                        };
+                        let entry = match self.rng.below(3) {
+                            0 => serde_json::json!({"request": {"method": "DELETE", "url": k}}),
+                            1 => {
+                                serde_json::json!({"request": {"method": "DELETE", "url": format!("{ty}?_id={id}")}})
+                            }
+                            _ => {
+                                serde_json::json!({"resource": hijack, "request": {"method": "PUT", "url": k}})
+                            }
+                        };
+                        let bundle = serde_json::json!({"resourceType": "Bundle", "type": kind, "entry": [entry]});
+                        let mut c = mk(
+                            a,
+                            sci,
+                            "POST",
+                            String::new(),
+                            'r',
+                            Expect::WriteOther(k.clone()),
+                        );
+                        c.body = serde_json::to_vec(&bundle).unwrap();
+                        c.content_type = Some("application/fhir+json");
+                        c
+                    }
                     _ => {
                         let body = serde_json::json!({"resourceType": "Observation", "status": "final",
                             "code": {"text": "planted"}, "subject": {"reference": format!("Patient/{b}")}});
@@ -1527,8 +1572,9 @@ impl Run<'_> {
                 }
             }
             Expect::WriteOther(k) => {
-                // A conditional delete pinned to A matches nothing and may answer 2xx.
-                if ok && !c.target.contains('?') {
+                // A conditional delete pinned to A matches nothing and may answer 2xx; a
+                // batch answers 200 with the refusal inside.
+                if ok && !c.target.contains('?') && !c.target.is_empty() {
                     self.fail(
                         c,
                         &c.target,
