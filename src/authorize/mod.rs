@@ -33,7 +33,9 @@
 //!   history takes no search parameters, so they cannot be pinned to the patient.
 //! - **Non-member types** (Practitioner, Medication, …) under `patient/` scopes follow
 //!   [`Rules::non_member_types`]; searches on them are not pinned (there is no patient
-//!   parameter), except Device, which is pinned by its `patient` parameter.
+//!   parameter), except Device, which is pinned by its `patient` parameter. Conditional
+//!   update/patch/delete on them is refused (403): it is never pre-read, so nothing would
+//!   stop it from changing another patient's Binary.
 //! - **Operations** are refused unless [`Rules::operations`] names them. Under a
 //!   `patient/` grant only `$everything` on the launch patient is allowed (other operations
 //!   answer with shapes the filter cannot judge). `$export` additionally needs a
@@ -784,6 +786,21 @@ fn patient_context(
             .copied()
             .filter(|t| narrow::is_member_like(*t))
             .collect();
+        // A conditional write is never pre-read, so only its (pinned) criteria keep it
+        // inside the compartment: a type that cannot be pinned (Binary, Practitioner, …)
+        // would let it change anyone's resource.
+        let conditional_write = matches!(
+            i,
+            Interaction::ConditionalUpdate
+                | Interaction::ConditionalPatch
+                | Interaction::ConditionalDelete
+        );
+        if conditional_write && member_types.is_empty() {
+            return forbid(
+                "compartment",
+                "a conditional write under a patient/ grant needs a type the search can be confined to",
+            );
+        }
         let pin = pin && !member_types.is_empty();
         if pin && member_types.len() != types.len() {
             return forbid(

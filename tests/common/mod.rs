@@ -241,7 +241,10 @@ impl Proxy {
         );
         let config_path = dir.join("smartgate.yaml");
         std::fs::write(&config_path, config).expect("config");
-        let child = Command::new(env!("CARGO_BIN_EXE_smartgate"))
+        // `SMARTGATE_BIN` overrides the binary: with a target dir shared between worktrees,
+        // `target/debug/smartgate` may have been rebuilt from another checkout.
+        let exe = std::env::var("SMARTGATE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_smartgate").to_owned());
+        let child = Command::new(exe)
             .args(["serve", "--config"])
             .arg(&config_path)
             .stdout(Stdio::null())
