@@ -743,6 +743,12 @@ impl Gateway {
                     Early::new(s, "processing", "the FHIR server rejected the request")
                         .decision(rec.decision, rec.reason.clone())
                 }
+                StatusCode::NOT_IMPLEMENTED => Early::new(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "not-supported",
+                    "the FHIR server does not support this interaction",
+                )
+                .decision("error", "upstream-not-implemented"),
                 s => Early::new(
                     if s == StatusCode::GATEWAY_TIMEOUT {
                         s
