@@ -269,7 +269,15 @@ impl Cors {
         if !self.enabled() {
             return;
         }
-        headers.append(header::VARY, HeaderValue::from_static("Origin"));
+        let varies = headers
+            .get_all(header::VARY)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|v| v.trim().eq_ignore_ascii_case("origin") || v.trim() == "*");
+        if !varies {
+            headers.append(header::VARY, HeaderValue::from_static("Origin"));
+        }
         if let Some(allow) = self.allow_origin(origin) {
             headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow);
             if let Some(e) = &self.expose {

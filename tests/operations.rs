@@ -374,7 +374,10 @@ fn cors_preflight_is_answered_by_the_proxy() {
     ] {
         let r = preflight(origin, method, headers);
         assert_eq!(r.status, 403, "{origin} {method} {headers}");
-        assert_eq!(r.header("access-control-allow-origin"), None);
+        assert_eq!(r.header("access-control-allow-methods"), None);
+        if origin != APP {
+            assert_eq!(r.header("access-control-allow-origin"), None);
+        }
     }
     // Never forwarded: the audit shows no upstream status for any preflight.
     let lines = p.audit_lines();
@@ -421,7 +424,12 @@ fn cors_headers_on_discovery_metadata_api_and_errors() {
         for h in ["Location", "ETag", "X-Request-Id", "WWW-Authenticate"] {
             assert!(exposed.contains(h), "{what}: {exposed}");
         }
-        assert!(r.header("vary").unwrap().contains("Origin"), "{what}");
+        assert!(
+            r.headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("vary")
+                && v.to_ascii_lowercase().contains("origin")),
+            "{what}: {:?}",
+            r.headers
+        );
     }
     assert_eq!(checks[2].1.status, 200);
     assert_eq!(checks[3].1.status, 403);
