@@ -834,11 +834,24 @@ fn upstream_tls_with_a_private_ca_and_a_client_certificate() {
     let untrusted =
         format!("  client_cert_file: {d}/smartgate.pem\n  client_key_file: {d}/smartgate.key\n");
     let p2 = Proxy::start_with_upstream_keys(&base, &untrusted);
-    assert_eq!(
-        p2.get("Patient/pt-01", &p2.token(SCOPES, Some("pt-01")))
-            .status,
-        502
+    let t2 = p2.token(SCOPES, Some("pt-01"));
+    let r = p2.req(
+        "GET",
+        "Patient/pt-01",
+        &t2,
+        &[("X-Request-Id", "ops-untrusted-1")],
+        b"",
     );
+    assert_eq!(r.status, 502);
+    assert_eq!(r.header("x-request-id"), Some("ops-untrusted-1"));
+    // The request id is a field of every log line written while the request ran.
+    let log = std::fs::read_to_string(p2.dir.join("stderr.log")).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("upstream unavailable"))
+        .unwrap_or_else(|| panic!("no upstream warning in {log}"));
+    let line: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(line["span"]["request_id"], "ops-untrusted-1", "{line}");
     // Without the client certificate the upstream refuses the proxy: 502.
     let anonymous = format!("  ca_file: {d}/private-ca.pem\n");
     let p3 = Proxy::start_with_upstream_keys(&base, &anonymous);
