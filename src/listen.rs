@@ -1,5 +1,5 @@
-//! Stage 0, **listen**: accept connections (HTTP/1.1 and h2c on one port), apply the
-//! connection-level limits, and drain gracefully on shutdown.
+//! Stage 0, **listen**: accept connections (HTTP/1.1 and h2c on one port, or TLS with ALPN
+//! `h2`/`http/1.1`), apply the connection-level limits, and drain gracefully on shutdown.
 //!
 //! Limits live here because they protect the process, not a request: a connection
 //! semaphore (`limits.max_connections`), the header-read deadline (slowloris), the
@@ -16,12 +16,17 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 use crate::body::ProxyBody;
 use crate::config::Limits;
+use crate::tls::Tls;
+
+/// Request extension set on requests that arrived over TLS (`X-Forwarded-Proto: https`).
+#[derive(Clone, Copy, Debug)]
+pub struct TlsConnection;
 
 /// A request handler: the proxy pipeline or the admin endpoints.
 pub trait Handler: Send + Sync + 'static {
@@ -35,10 +40,13 @@ pub trait Handler: Send + Sync + 'static {
 
 /// Serves `handler` on `listener` until `shutdown` flips to true, then stops accepting
 /// and waits up to `grace` for open connections to finish their in-flight requests.
+/// With `tls`, every connection is a TLS handshake first (bounded by the header-read
+/// timeout), using the acceptor current at that moment.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
     limits: &Limits,
+    tls: Option<Arc<Tls>>,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) {
@@ -80,19 +88,35 @@ pub async fn serve<H: Handler>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let service = service_fn(move |req| {
-            let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler.handle(req, peer).await) }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let acceptor = tls.as_ref().and_then(|t| t.acceptor());
+        let tls_wanted = tls.is_some();
+        let handshake_timeout = limits.header_read_timeout.0;
         tokio::spawn(async move {
-            // hyper's header-read timeout also bounds the wait for the next request on an
-            // idle keep-alive connection, so no separate idle timer is needed.
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            match (tls_wanted, acceptor) {
+                (false, _) => {
+                    connection(
+                        &builder,
+                        watcher,
+                        TokioIo::new(stream),
+                        handler,
+                        peer,
+                        false,
+                    )
+                    .await
+                }
+                (true, None) => tracing::warn!("no TLS configuration available; connection closed"),
+                (true, Some(acceptor)) => {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            connection(&builder, watcher, TokioIo::new(tls), handler, peer, true)
+                                .await
+                        }
+                        Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
             }
             drop(permit);
         });
@@ -103,6 +127,35 @@ pub async fn serve<H: Handler>(
         _ = tokio::time::sleep(grace) => {
             tracing::warn!("shutdown grace period over; closing remaining connections");
         }
+    }
+}
+
+/// Serves one accepted connection (plain or TLS) until it ends or shutdown closes it.
+async fn connection<H, I>(
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+    io: I,
+    handler: Arc<H>,
+    peer: SocketAddr,
+    secure: bool,
+) where
+    H: Handler,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = service_fn(move |mut req: Request<Incoming>| {
+        let handler = handler.clone();
+        if secure {
+            req.extensions_mut().insert(TlsConnection);
+        }
+        async move { Ok::<_, Infallible>(handler.handle(req, peer).await) }
+    });
+    let conn = builder
+        .serve_connection_with_upgrades(io, service)
+        .into_owned();
+    // hyper's header-read timeout also bounds the wait for the next request on an idle
+    // keep-alive connection, so no separate idle timer is needed.
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(error = %e, "connection ended with an error");
     }
 }
 

@@ -2,12 +2,18 @@
 //! by construction: decisions, interactions and resource types come from closed sets,
 //! never from client-controlled strings.
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::authenticate::Authenticator;
 
 /// Labels of `smartgate_requests_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -16,8 +22,17 @@ pub struct RequestLabels {
     pub decision: &'static str,
     /// Interaction, or `none`.
     pub interaction: &'static str,
+    /// R4 resource type (a closed set), or `none`.
+    pub resource_type: &'static str,
     /// `2xx`, `4xx`, …
     pub status_class: &'static str,
+}
+
+/// A single `result` label: `ok`/`error`, or a token check's outcome code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `ok`, `error`, or an `AuthError::code`.
+    pub result: &'static str,
 }
 
 /// Every metric the proxy exports.
@@ -33,6 +48,14 @@ pub struct Metrics {
     pub filtered_entries: Counter,
     /// Requests being handled.
     pub in_flight: Gauge,
+    /// Bearer-token checks by result: `ok` or the refusal code (`expired`, `bad_signature`, …).
+    pub token_checks: Family<ResultLabels, Counter>,
+    /// Policy reloads by result (`ok`/`error`), incremented by the policy loader.
+    pub policy_reloads: Family<ResultLabels, Counter>,
+    /// Inbound TLS certificate reloads by result (`ok`/`error`).
+    pub tls_reloads: Family<ResultLabels, Counter>,
+    /// CapabilityStatement answers from the cache and from the upstream.
+    pub metadata_cache: Family<ResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -71,6 +94,30 @@ impl Metrics {
             "Requests being handled",
             in_flight.clone(),
         );
+        let token_checks = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "token_checks",
+            "Bearer-token checks by result (ok or the refusal code)",
+            token_checks.clone(),
+        );
+        let policy_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "policy_reloads",
+            "Policy reloads by result",
+            policy_reloads.clone(),
+        );
+        let tls_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "tls_reloads",
+            "Inbound TLS certificate reloads by result",
+            tls_reloads.clone(),
+        );
+        let metadata_cache = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "metadata_cache",
+            "CapabilityStatement answers by source (hit: cache, miss: upstream)",
+            metadata_cache.clone(),
+        );
         let build = Family::<Vec<(String, String)>, Gauge>::default();
         build
             .get_or_create(&vec![("version".into(), env!("CARGO_PKG_VERSION").into())])
@@ -83,7 +130,18 @@ impl Metrics {
             upstream_latency,
             filtered_entries,
             in_flight,
+            token_checks,
+            policy_reloads,
+            tls_reloads,
+            metadata_cache,
         }
+    }
+
+    /// Exports the authenticator's counters (JWKS fetches and keys, introspection calls
+    /// and cache hits) read at scrape time.
+    pub fn register_auth(&mut self, auth: Arc<Authenticator>) {
+        self.registry
+            .register_collector(Box::new(AuthCollector(auth)));
     }
 
     /// The registry, for components that add their own metrics at start-up.
@@ -98,6 +156,71 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+/// Reads [`crate::authenticate::AuthStats`] on each scrape.
+struct AuthCollector(Arc<Authenticator>);
+
+impl std::fmt::Debug for AuthCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuthCollector")
+    }
+}
+
+impl Collector for AuthCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = self.0.stats();
+        let counters = [
+            (
+                "jwks_fetches_ok",
+                "Successful JWKS fetches",
+                &s.jwks_fetch_ok,
+            ),
+            (
+                "jwks_fetches_failed",
+                "Failed JWKS fetches",
+                &s.jwks_fetch_failed,
+            ),
+            (
+                "jwks_unknown_kid_refetches",
+                "JWKS refetches caused by unknown key ids",
+                &s.jwks_unknown_kid_refetches,
+            ),
+            (
+                "introspection_calls",
+                "Calls to the introspection endpoint",
+                &s.introspection_calls,
+            ),
+            (
+                "introspection_failures",
+                "Introspection calls that failed (each a 401)",
+                &s.introspection_failures,
+            ),
+            (
+                "introspection_cache_hits",
+                "Introspection look-ups answered from the cache",
+                &s.introspection_cache_hits,
+            ),
+            (
+                "introspection_cache_misses",
+                "Introspection look-ups not in the cache",
+                &s.introspection_cache_misses,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let c = ConstCounter::new(value.load(Ordering::Relaxed));
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        let keys =
+            ConstGauge::new(i64::try_from(s.keys_held.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+        keys.encode(encoder.encode_descriptor(
+            "jwks_keys",
+            "Usable keys in the JWKS",
+            None,
+            keys.metric_type(),
+        )?)?;
+        Ok(())
     }
 }
 
@@ -123,11 +246,19 @@ mod tests {
             .get_or_create(&RequestLabels {
                 decision: "allow",
                 interaction: "read",
+                resource_type: "Patient",
                 status_class: "2xx",
             })
             .inc();
+        m.policy_reloads
+            .get_or_create(&ResultLabels { result: "ok" })
+            .inc();
         let text = m.encode();
-        assert!(text.contains("smartgate_requests_total{decision=\"allow\",interaction=\"read\",status_class=\"2xx\"} 1"), "{text}");
+        assert!(text.contains("smartgate_requests_total{decision=\"allow\",interaction=\"read\",resource_type=\"Patient\",status_class=\"2xx\"} 1"), "{text}");
+        assert!(
+            text.contains("smartgate_policy_reloads_total{result=\"ok\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("smartgate_build_info"));
         assert!(text.ends_with("# EOF\n"));
     }

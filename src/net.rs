@@ -102,7 +102,7 @@ fn pem_err(path: &Path, e: impl std::fmt::Display) -> NetError {
     }
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, NetError> {
+pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, NetError> {
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| pem_err(path, e))?
         .collect::<Result<Vec<_>, _>>()

@@ -21,6 +21,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::Value;
+use tracing::Instrument;
 
 use crate::audit::{AuditLog, Record};
 use crate::authenticate::{Authenticator, Grant};
@@ -29,10 +30,13 @@ use crate::body::{self, ProxyBody};
 use crate::classify::{self, ClassifyError, FhirRequest, Interaction, RawRequest};
 use crate::compartment::membership;
 use crate::config::BaseUrl;
+use crate::cors::Cors;
+use crate::discovery::{Discovery, DiscoveryError};
 use crate::filter::{self, FilterContext, FilterError, Visibility};
 use crate::forward::{self, ClientInfo, Upstream, UpstreamError};
-use crate::listen::Handler;
-use crate::metrics::{Metrics, RequestLabels, status_class};
+use crate::listen::{Handler, TlsConnection};
+use crate::metadata::{self, Advertised, TtlCache};
+use crate::metrics::{Metrics, RequestLabels, ResultLabels, status_class};
 use crate::outcome;
 use crate::paging::PagingKey;
 use crate::scope::Letter;
@@ -55,8 +59,14 @@ pub struct Gateway {
     pub audit: AuditLog,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// The SMART configuration document, pre-rendered (None when not configured).
-    pub smart_configuration: Option<Bytes>,
+    /// The SMART configuration document (None when `smart:` is not configured).
+    pub discovery: Option<Discovery>,
+    /// Cross-origin policy (preflights and response headers).
+    pub cors: Cors,
+    /// The rewritten CapabilityStatement, reused for `metadata.cache_ttl`.
+    pub metadata_cache: TtlCache,
+    /// Prune the CapabilityStatement of what the proxy never allows (`metadata.prune`).
+    pub prune_metadata: bool,
     /// Largest body read into memory for checks or filtering.
     pub max_inspect_bytes: usize,
     /// Largest request body forwarded.
@@ -111,6 +121,11 @@ impl Handler for Gateway {
         let started = Instant::now();
         self.metrics.in_flight.inc();
         let request_id = request_id(req.headers());
+        let origin = req.headers().get(header::ORIGIN).cloned();
+        let span = tracing::info_span!(
+            "request",
+            request_id = request_id.to_str().unwrap_or_default()
+        );
         let mut rec = Record {
             time: now_rfc3339(),
             request_id: request_id.to_str().unwrap_or_default().to_owned(),
@@ -120,10 +135,15 @@ impl Handler for Gateway {
                 .loggable_path(req.uri().path(), req.uri().query()),
             ..Record::default()
         };
-        let mut resp = match self.run(req, peer, &request_id, &mut rec).await {
+        let mut resp = match self
+            .run(req, peer, &request_id, &mut rec)
+            .instrument(span)
+            .await
+        {
             Ok(resp) => resp,
             Err(early) => self.early_response(early, &mut rec),
         };
+        self.cors.apply(origin.as_ref(), resp.headers_mut());
         resp.headers_mut()
             .insert(header::HeaderName::from_static("x-request-id"), request_id);
         rec.status = resp.status().as_u16();
@@ -135,6 +155,11 @@ impl Handler for Gateway {
             .get_or_create(&RequestLabels {
                 decision: rec.decision,
                 interaction: rec.interaction.as_deref().map_or("none", interaction_label),
+                resource_type: rec
+                    .resource_type
+                    .as_deref()
+                    .and_then(crate::fhir::ResourceType::parse)
+                    .map_or("none", |t| t.name()),
                 status_class: status_class(rec.status),
             })
             .inc();
@@ -185,7 +210,11 @@ impl Gateway {
         };
         let client = ClientInfo {
             peer,
-            proto: "http",
+            proto: if parts.extensions.get::<TlsConnection>().is_some() {
+                "https"
+            } else {
+                "http"
+            },
             host: parts.headers.get(header::HOST).cloned(),
         };
 
@@ -307,15 +336,8 @@ impl Gateway {
         if get && rel == ".well-known/smart-configuration" {
             rec.decision = "public";
             rec.reason = "smart-configuration".into();
-            let Some(doc) = &self.smart_configuration else {
-                return Err(Early::new(
-                    StatusCode::NOT_FOUND,
-                    "not-found",
-                    "SMART configuration is not configured",
-                )
-                .decision("public", "smart-configuration"));
-            };
-            let mut resp = Response::new(body::full(doc.clone()));
+            let doc = self.smart_configuration(client, request_id).await?;
+            let mut resp = Response::new(body::full(doc));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
@@ -326,108 +348,142 @@ impl Gateway {
             rec.decision = "public";
             rec.reason = "capabilities".into();
             rec.interaction = Some("capabilities".into());
-            let up = self
-                .upstream
-                .request(
-                    Method::GET,
-                    "metadata",
-                    &filter_headers(headers),
-                    client,
-                    request_id,
-                    body::empty(),
-                )
-                .map_err(upstream_error)?;
-            let started = Instant::now();
-            let resp = self.upstream.send(up).await.map_err(upstream_error)?;
-            self.metrics
-                .upstream_latency
-                .observe(started.elapsed().as_secs_f64());
-            rec.upstream_status = Some(resp.status().as_u16());
-            let (parts, incoming) = resp.into_parts();
-            let bytes = collect(incoming, self.max_inspect_bytes)
-                .await
-                .map_err(|e| {
-                    Early::new(
-                        StatusCode::BAD_GATEWAY,
-                        "transient",
-                        format!("upstream metadata: {e}"),
-                    )
-                    .decision("error", "upstream-body")
-                })?;
-            let body = self.capability_statement(&bytes).ok_or_else(|| {
-                Early::new(
-                    StatusCode::BAD_GATEWAY,
-                    "transient",
-                    "upstream CapabilityStatement is not FHIR JSON",
-                )
-                .decision("error", "upstream-body")
-            })?;
+            let body = self.metadata(headers, client, request_id, rec).await?;
             let mut resp = Response::new(body::full(body));
-            *resp.status_mut() = parts.status;
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static(outcome::FHIR_JSON),
             );
             return Ok(Some(resp));
         }
-        if method == Method::OPTIONS && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
-        {
+        if Cors::is_preflight(method, headers) {
             rec.decision = "public";
             rec.reason = "cors-preflight".into();
-            let mut resp = Response::new(body::empty());
-            *resp.status_mut() = StatusCode::NO_CONTENT;
-            return Ok(Some(resp));
+            return Ok(Some(match self.cors.preflight(headers) {
+                Ok(resp) => resp,
+                Err(why) => {
+                    rec.decision = "deny";
+                    rec.reason = why.code().into();
+                    why.response()
+                }
+            }));
         }
         Ok(None)
     }
 
-    /// The upstream CapabilityStatement, advertising SMART and the public base.
-    fn capability_statement(&self, upstream: &[u8]) -> Option<Vec<u8>> {
-        let mut cs: Value = serde_json::from_slice(upstream).ok()?;
-        if cs.get("resourceType")?.as_str()? != "CapabilityStatement" {
-            return None;
-        }
-        let public = self.public.full();
-        if let Some(imp) = cs.get_mut("implementation").and_then(Value::as_object_mut) {
-            imp.insert("url".into(), Value::String(public));
-        }
-        if let Some(rest) = cs.get_mut("rest").and_then(Value::as_array_mut) {
-            for r in rest {
-                let Some(r) = r.as_object_mut() else { continue };
-                let mut security = serde_json::json!({
-                    "cors": true,
-                    "service": [{"coding": [{
-                        "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
-                        "code": "SMART-on-FHIR"
-                    }]}]
-                });
-                if let (Some(smart), Some(obj)) =
-                    (&self.smart_configuration, security.as_object_mut())
-                    && let Ok(doc) = serde_json::from_slice::<Value>(smart)
-                {
-                    let mut uris = Vec::new();
-                    for (url, key) in [
-                        ("authorize", "authorization_endpoint"),
-                        ("token", "token_endpoint"),
-                        ("introspect", "introspection_endpoint"),
-                        ("revoke", "revocation_endpoint"),
-                    ] {
-                        if let Some(v) = doc.get(key).and_then(Value::as_str) {
-                            uris.push(serde_json::json!({"url": url, "valueUri": v}));
-                        }
-                    }
-                    obj.insert(
-                        "extension".into(),
-                        serde_json::json!([{
-                            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
-                            "extension": uris
-                        }]),
-                    );
+    /// The SMART configuration document (`smart.mode` decides where it comes from).
+    async fn smart_configuration(
+        &self,
+        client: &ClientInfo,
+        request_id: &HeaderValue,
+    ) -> Phase<Bytes> {
+        let not_found = |what: &str| {
+            Early::new(StatusCode::NOT_FOUND, "not-found", what.to_owned())
+                .decision("public", "smart-configuration")
+        };
+        let Some(discovery) = &self.discovery else {
+            return Err(not_found("SMART configuration is not configured"));
+        };
+        discovery
+            .document(&self.upstream, client, request_id)
+            .await
+            .map_err(|e| match e {
+                DiscoveryError::Upstream(e) => upstream_error(e),
+                DiscoveryError::Status(StatusCode::NOT_FOUND) => {
+                    not_found("the FHIR server publishes no SMART configuration")
                 }
-                r.insert("security".into(), security);
-            }
+                DiscoveryError::Status(_) | DiscoveryError::NotJson => Early::new(
+                    StatusCode::BAD_GATEWAY,
+                    "transient",
+                    "the FHIR server's SMART configuration is unavailable",
+                )
+                .decision("error", "upstream-body"),
+            })
+    }
+
+    /// The upstream CapabilityStatement advertising SMART and the public base, from the
+    /// cache when fresh. Only a 200 is cached; any other upstream status is an error.
+    async fn metadata(
+        &self,
+        headers: &HeaderMap,
+        client: &ClientInfo,
+        request_id: &HeaderValue,
+        rec: &mut Record,
+    ) -> Phase<Bytes> {
+        let cache = |result| {
+            self.metrics
+                .metadata_cache
+                .get_or_create(&ResultLabels { result })
+                .inc()
+        };
+        if let Some(body) = self.metadata_cache.get() {
+            cache("hit");
+            return Ok(body);
         }
-        serde_json::to_vec(&cs).ok()
+        cache("miss");
+        let up = self
+            .upstream
+            .request(
+                Method::GET,
+                "metadata",
+                &filter_headers(headers),
+                client,
+                request_id,
+                body::empty(),
+            )
+            .map_err(upstream_error)?;
+        let started = Instant::now();
+        let resp = self.upstream.send(up).await.map_err(upstream_error)?;
+        self.metrics
+            .upstream_latency
+            .observe(started.elapsed().as_secs_f64());
+        rec.upstream_status = Some(resp.status().as_u16());
+        let status = resp.status();
+        let bytes = collect(resp.into_body(), self.max_inspect_bytes)
+            .await
+            .map_err(|e| {
+                Early::new(
+                    StatusCode::BAD_GATEWAY,
+                    "transient",
+                    format!("upstream metadata: {e}"),
+                )
+                .decision("error", "upstream-body")
+            })?;
+        if status != StatusCode::OK {
+            return Err(Early::new(
+                StatusCode::BAD_GATEWAY,
+                "transient",
+                "the FHIR server's CapabilityStatement is unavailable",
+            )
+            .decision("error", "upstream-status"));
+        }
+        let smart = match &self.discovery {
+            Some(d) => d
+                .document(&self.upstream, client, request_id)
+                .await
+                .ok()
+                .and_then(|doc| {
+                    serde_json::from_slice::<serde_json::Map<String, Value>>(&doc).ok()
+                }),
+            None => None,
+        };
+        let advertised = Advertised {
+            public_base: &self.public.full(),
+            smart: smart.as_ref(),
+            cors: self.cors.enabled(),
+            prune: self.prune_metadata.then_some(&self.rules),
+        };
+        let body = metadata::capability_statement(&bytes, &advertised).ok_or_else(|| {
+            Early::new(
+                StatusCode::BAD_GATEWAY,
+                "transient",
+                "upstream CapabilityStatement is not FHIR JSON",
+            )
+            .decision("error", "upstream-body")
+        })?;
+        let body = Bytes::from(body);
+        self.metadata_cache.put(body.clone());
+        Ok(body)
     }
 
     /// Phase 1: the bearer token ⇒ a [`Grant`], or 401.
@@ -437,7 +493,13 @@ impl Gateway {
         query: Option<&str>,
         rec: &mut Record,
     ) -> Phase<Arc<Grant>> {
-        match self.auth.authenticate(headers, query).await {
+        let result = self.auth.authenticate(headers, query).await;
+        let code = result.as_ref().map_or_else(|e| e.code(), |_| "ok");
+        self.metrics
+            .token_checks
+            .get_or_create(&ResultLabels { result: code })
+            .inc();
+        match result {
             Ok(grant) => {
                 rec.client_id = grant.client_id.clone();
                 rec.sub = grant.subject.clone();

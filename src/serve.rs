@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::HeaderValue;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -13,9 +12,12 @@ use crate::audit::AuditLog;
 use crate::authenticate::Authenticator;
 use crate::authorize::Rules;
 use crate::config::{Config, UpstreamAuth, parse_base_url};
+use crate::cors::Cors;
+use crate::discovery::Discovery;
 use crate::filter::FilterContext;
 use crate::forward::Upstream;
 use crate::listen;
+use crate::metadata::TtlCache;
 use crate::metrics::Metrics;
 use crate::paging::PagingKey;
 use crate::proxy::Gateway;
@@ -47,16 +49,25 @@ impl std::error::Error for StartError {}
 pub async fn run(cfg: Arc<Config>) -> Result<(), StartError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (public_listener, admin_listener, gateway, admin) = build(&cfg).await?;
-    tracing::info!(listen = %cfg.listen, admin = %cfg.admin_listen, upstream = %cfg.upstream.url, "smartgate started");
+    let tls = match &cfg.tls {
+        Some(t) => {
+            let tls = crate::tls::Tls::new(t, gateway.metrics.tls_reloads.clone())
+                .map_err(|e| StartError::Config(format!("tls.{}: {e}", e.key())))?;
+            tls.spawn_reload();
+            Some(tls)
+        }
+        None => None,
+    };
+    tracing::info!(listen = %cfg.listen, tls = tls.is_some(), admin = %cfg.admin_listen, upstream = %cfg.upstream.url, "smartgate started");
     let grace = cfg.shutdown.grace.0;
     let limits = cfg.limits.clone();
     let public = tokio::spawn({
         let rx = stop_rx.clone();
-        async move { listen::serve(public_listener, gateway, &limits, rx, grace).await }
+        async move { listen::serve(public_listener, gateway, &limits, tls, rx, grace).await }
     });
     let admin_limits = crate::config::Limits::default();
     let admin_task = tokio::spawn(async move {
-        listen::serve(admin_listener, admin, &admin_limits, stop_rx, grace).await
+        listen::serve(admin_listener, admin, &admin_limits, None, stop_rx, grace).await
     });
     listen::termination().await;
     tracing::info!("shutting down: draining in-flight requests");
@@ -75,9 +86,10 @@ pub async fn build(
     let upstream_base = parse_base_url(&cfg.upstream.url).map_err(StartError::Config)?;
     let client = crate::net::client(&crate::net::ClientOptions {
         extra_ca_file: cfg.upstream.ca_file.clone(),
+        client_cert_file: cfg.upstream.client_cert_file.clone(),
+        client_key_file: cfg.upstream.client_key_file.clone(),
         connect_timeout: cfg.upstream.connect_timeout.0,
         pool_idle_timeout: cfg.upstream.pool_idle_timeout.0,
-        ..Default::default()
     })
     .map_err(|e| StartError::Config(format!("upstream client: {e}")))?;
     let credentials = upstream_credentials(&cfg.upstream.auth)?;
@@ -92,7 +104,9 @@ pub async fn build(
         .map_err(|e| StartError::Auth(e.to_string()))?;
     let auth = Arc::new(auth);
     auth.spawn_refresh();
-    let metrics = Arc::new(Metrics::new());
+    let mut metrics = Metrics::new();
+    metrics.register_auth(auth.clone());
+    let metrics = Arc::new(metrics);
     let paging = match &cfg.paging.secret_file {
         Some(path) => PagingKey::new(&read_secret(path)?),
         None => PagingKey::random(),
@@ -106,7 +120,10 @@ pub async fn build(
     );
     let audit = AuditLog::open(cfg.audit.output.as_deref(), cfg.audit.log_query_values)
         .map_err(|e| StartError::Config(format!("audit.output: {e}")))?;
-    let smart_configuration = cfg.smart.as_ref().map(|s| Bytes::from(smart_document(s)));
+    let discovery = cfg
+        .smart
+        .as_ref()
+        .map(|s| Discovery::new(s, cfg.metadata.cache_ttl.0));
     let gateway = Arc::new(Gateway {
         public,
         upstream: upstream.clone(),
@@ -119,7 +136,10 @@ pub async fn build(
         paging,
         audit,
         metrics: metrics.clone(),
-        smart_configuration,
+        discovery,
+        cors: Cors::new(&cfg.cors),
+        metadata_cache: TtlCache::new(cfg.metadata.cache_ttl.0),
+        prune_metadata: cfg.metadata.prune,
         max_inspect_bytes: cfg.limits.max_inspect_bytes,
         max_body_bytes: cfg.limits.max_body_bytes,
     });
@@ -186,38 +206,6 @@ fn base64_standard(input: &[u8]) -> String {
         }
     }
     out
-}
-
-/// The `.well-known/smart-configuration` document.
-fn smart_document(s: &crate::config::SmartConfig) -> Vec<u8> {
-    let mut doc = serde_json::json!({
-        "token_endpoint": s.token_endpoint,
-        "grant_types_supported": s.grant_types_supported,
-        "capabilities": s.capabilities,
-        "code_challenge_methods_supported": ["S256"],
-        "response_types_supported": ["code"],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
-    });
-    if let Some(obj) = doc.as_object_mut() {
-        for (k, v) in [
-            ("authorization_endpoint", &s.authorization_endpoint),
-            ("issuer", &s.issuer),
-            ("jwks_uri", &s.jwks_uri),
-            ("introspection_endpoint", &s.introspection_endpoint),
-            ("revocation_endpoint", &s.revocation_endpoint),
-        ] {
-            if let Some(v) = v {
-                obj.insert(k.into(), serde_json::Value::String(v.clone()));
-            }
-        }
-        if !s.scopes_supported.is_empty() {
-            obj.insert(
-                "scopes_supported".into(),
-                serde_json::json!(s.scopes_supported),
-            );
-        }
-    }
-    serde_json::to_vec(&doc).unwrap_or_default()
 }
 
 #[cfg(test)]

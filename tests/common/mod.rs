@@ -200,12 +200,18 @@ impl Proxy {
     }
 
     pub fn start_with(extra: &str, upstream_url: Option<&str>, auth_yaml: Option<&str>) -> Proxy {
-        Self::launch(extra, upstream_url, auth_yaml, "10s")
+        Self::launch(extra, upstream_url, auth_yaml, "10s", "")
     }
 
     /// A proxy whose `upstream.timeout` is `timeout`.
     pub fn start_with_timeout(upstream_url: &str, timeout: &str) -> Proxy {
-        Self::launch("", Some(upstream_url), None, timeout)
+        Self::launch("", Some(upstream_url), None, timeout, "")
+    }
+
+    /// A proxy for `upstream_url` with more `upstream:` keys (`upstream_keys` is YAML indented
+    /// by two spaces, e.g. `  ca_file: F\n`).
+    pub fn start_with_upstream_keys(upstream_url: &str, upstream_keys: &str) -> Proxy {
+        Self::launch("", Some(upstream_url), None, "10s", upstream_keys)
     }
 
     fn launch(
@@ -213,6 +219,7 @@ impl Proxy {
         upstream_url: Option<&str>,
         auth_yaml: Option<&str>,
         timeout: &str,
+        upstream_keys: &str,
     ) -> Proxy {
         let bed = bed();
         let port = free_port();
@@ -235,7 +242,7 @@ impl Proxy {
             )
         });
         let config = format!(
-            "listen: {addr}\nadmin_listen: 127.0.0.1:{admin_port}\npublic_base_url: {base}\nupstream:\n  url: {up}\n  timeout: {timeout}\n{auth}audit:\n  output: {audit}\nshutdown:\n  grace: 5s\n{extra}",
+            "listen: {addr}\nadmin_listen: 127.0.0.1:{admin_port}\npublic_base_url: {base}\nupstream:\n  url: {up}\n  timeout: {timeout}\n{upstream_keys}{auth}audit:\n  output: {audit}\nshutdown:\n  grace: 5s\n{extra}",
             up = upstream_url.unwrap_or(bed.var("FHIR_BASE")),
             audit = dir.join("audit.log").display(),
         );
