@@ -177,10 +177,17 @@ impl Gateway {
             rec.detail = early.message.clone();
         }
         let mut resp = outcome::response(early.status, early.issue, &early.message);
-        if let Some(w) = early
-            .www_authenticate
-            .and_then(|w| HeaderValue::from_str(&w).ok())
-        {
+        // RFC 6750: every 403 the proxy decides names the insufficient scope, whichever
+        // phase (authorize, write checks, transaction entries) refused.
+        let www_authenticate = early.www_authenticate.or_else(|| {
+            (early.status == StatusCode::FORBIDDEN).then(|| {
+                format!(
+                    "Bearer realm=\"{}\", error=\"insufficient_scope\"",
+                    self.auth.realm()
+                )
+            })
+        });
+        if let Some(w) = www_authenticate.and_then(|w| HeaderValue::from_str(&w).ok()) {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, w);
         }
         resp
@@ -292,7 +299,7 @@ impl Gateway {
                 )
                 .map_err(upstream_error)?;
             return self
-                .respond(up, &ResponseRule::Filter(view), None, &grant, rec)
+                .respond(up, &ResponseRule::Filter(view), None, false, &grant, rec)
                 .await;
         }
 
@@ -538,15 +545,7 @@ impl Gateway {
             }
             Outcome::Reject(r) => {
                 let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FORBIDDEN);
-                let mut early =
-                    Early::new(status, r.issue, r.message).decision("deny", decision.reason.code);
-                if status == StatusCode::FORBIDDEN {
-                    early.www_authenticate = Some(format!(
-                        "Bearer realm=\"{}\", error=\"insufficient_scope\"",
-                        self.auth.realm()
-                    ));
-                }
-                Err(early)
+                Err(Early::new(status, r.issue, r.message).decision("deny", decision.reason.code))
             }
         }
     }
@@ -624,7 +623,11 @@ impl Gateway {
                 checked_body = Some(patch);
             }
         }
-        if let Some(view) = &plan.body_check {
+        // A patch body is not a resource: its result against the current version was
+        // checked above (`checked_body` is set only then).
+        let patch_checked =
+            plan.request.interaction == Interaction::Patch && checked_body.is_some();
+        if let Some(view) = plan.body_check.as_ref().filter(|_| !patch_checked) {
             let bytes = body.bytes(self.max_inspect_bytes).await?;
             let resource: Value = serde_json::from_slice(&bytes).map_err(|_| {
                 Early::new(
@@ -652,6 +655,9 @@ impl Gateway {
                 upstream_body,
             )
             .map_err(upstream_error)?;
+        // An instance history with no visible version is some other patient's resource:
+        // it must look like one that does not exist (upstream: 404), not an empty Bundle.
+        let empty_is_missing = plan.request.interaction == Interaction::HistoryInstance;
         self.respond(
             up,
             &plan.response,
@@ -660,6 +666,7 @@ impl Gateway {
                 .filter(|_| single_resource(&plan.request))
                 .map(Some)
                 .unwrap_or(None),
+            empty_is_missing,
             grant,
             rec,
         )
@@ -775,6 +782,7 @@ impl Gateway {
         up: Request<ProxyBody>,
         rule: &ResponseRule,
         single: Option<crate::fhir::ResourceType>,
+        empty_is_missing: bool,
         grant: &Grant,
         rec: &mut Record,
     ) -> Phase<Response<ProxyBody>> {
@@ -853,6 +861,9 @@ impl Gateway {
                 self.metrics
                     .filtered_entries
                     .inc_by(filtered.removed as u64);
+                if empty_is_missing && filtered.kept == 0 {
+                    return Err(not_found());
+                }
                 Bytes::from(filtered.body)
             }
         };
@@ -1035,15 +1046,15 @@ impl Gateway {
                 Err(outcome_entry) => out_entries.push(outcome_entry),
                 Ok(view) => {
                     let mut e = upstream_entries.next().unwrap_or(Value::Null);
-                    if let (Some(view), Some(res)) = (&view, e.get("resource")) {
-                        let visible = matches!(
-                            filter::check_resource(res, view, grant, &self.filter),
-                            Visibility::Visible
-                        );
-                        if !visible && let Some(obj) = e.as_object_mut() {
-                            obj.remove("resource");
+                    if let Some(view) = view
+                        && !self.judge_entry(&mut e, &view, grant)
+                    {
+                        // Hidden and missing look the same: no fullUrl, etag or
+                        // lastModified of someone else's resource, no upstream wording.
+                        if e.get("resource").is_some() {
                             rec.removed += 1;
                         }
+                        e = missing_entry();
                     }
                     if let Some(full) = e
                         .get("fullUrl")
@@ -1078,9 +1089,42 @@ impl Gateway {
         Ok(out)
     }
 
-    /// Decides one batch/transaction entry, narrowing its URL in place: `Ok(Some(view))`
-    /// when its response must be judged, `Ok(None)` when it may pass as is; `Err` holds the
-    /// response entry to answer in its place.
+    /// Judges one batch/transaction response entry under `view`; a search result inside
+    /// it is filtered like a search answered on its own (its paging links signed). `false`
+    /// when the entry must be answered as "not found" (hidden, missing or gone).
+    fn judge_entry(&self, e: &mut Value, view: &View, grant: &Grant) -> bool {
+        let status = e
+            .pointer("/response/status")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if status.starts_with("404") || status.starts_with("410") {
+            return false;
+        }
+        let Some(res) = e.get_mut("resource") else {
+            return true;
+        };
+        if res.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+            return matches!(
+                filter::check_resource(res, view, grant, &self.filter),
+                Visibility::Visible
+            );
+        }
+        let sign = |url: &str| self.paging.sign(url, &self.public, view, grant);
+        let filtered = serde_json::to_vec(res)
+            .ok()
+            .and_then(|bytes| filter::filter_bundle(&bytes, view, grant, &self.filter, &sign).ok())
+            .and_then(|f| serde_json::from_slice::<Value>(&f.body).ok());
+        match filtered {
+            Some(bundle) => {
+                *res = bundle;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Decides one batch/transaction entry, narrowing its URL in place. `Ok(None)` when
+    /// its response passes unjudged; `Err` holds the response entry to answer in its place.
     fn decide_entry(&self, entry: &mut Value, grant: &Grant) -> Result<Option<View>, Value> {
         let forbidden = |msg: &str| {
             serde_json::json!({"response": {"status": "403 Forbidden", "outcome":
@@ -1311,9 +1355,21 @@ fn bad_upstream_body() -> Early {
     .decision("error", "upstream-body")
 }
 
+/// A batch/transaction response entry for "does not exist" and "not yours".
+fn missing_entry() -> Value {
+    let outcome = serde_json::from_slice::<Value>(&outcome::operation_outcome(
+        "not-found",
+        NOT_FOUND_MESSAGE,
+    ))
+    .unwrap_or(Value::Null);
+    serde_json::json!({"response": {"status": "404 Not Found", "outcome": outcome}})
+}
+
+const NOT_FOUND_MESSAGE: &str = "resource not found";
+
 /// The one answer for "does not exist" and "not yours": same status, same body.
 fn not_found() -> Early {
-    Early::new(StatusCode::NOT_FOUND, "not-found", "resource not found")
+    Early::new(StatusCode::NOT_FOUND, "not-found", NOT_FOUND_MESSAGE)
         .decision("deny", "not-found-or-hidden")
 }
 

@@ -250,7 +250,8 @@ impl Proxy {
         std::fs::write(&config_path, config).expect("config");
         // `SMARTGATE_BIN` overrides the binary: with a target dir shared between worktrees,
         // `target/debug/smartgate` may have been rebuilt from another checkout.
-        let exe = std::env::var("SMARTGATE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_smartgate").to_owned());
+        let exe = std::env::var("SMARTGATE_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_smartgate").to_owned());
         let child = Command::new(exe)
             .args(["serve", "--config"])
             .arg(&config_path)
