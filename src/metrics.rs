@@ -20,6 +20,13 @@ pub struct RequestLabels {
     pub status_class: &'static str,
 }
 
+/// Labels of `smartgate_policy_reloads_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `ok` (swapped in) or `invalid` (refused; the previous policies stay).
+    pub result: &'static str,
+}
+
 /// Every metric the proxy exports.
 pub struct Metrics {
     registry: Registry,
@@ -33,6 +40,8 @@ pub struct Metrics {
     pub filtered_entries: Counter,
     /// Requests being handled.
     pub in_flight: Gauge,
+    /// Policy reloads by result.
+    pub policy_reloads: Family<ReloadLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -71,6 +80,12 @@ impl Metrics {
             "Requests being handled",
             in_flight.clone(),
         );
+        let policy_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "policy_reloads",
+            "Policy reloads by result (invalid: refused, previous policies kept)",
+            policy_reloads.clone(),
+        );
         let build = Family::<Vec<(String, String)>, Gauge>::default();
         build
             .get_or_create(&vec![("version".into(), env!("CARGO_PKG_VERSION").into())])
@@ -83,7 +98,15 @@ impl Metrics {
             upstream_latency,
             filtered_entries,
             in_flight,
+            policy_reloads,
         }
+    }
+
+    /// Counts one policy reload (`ok` or `invalid`).
+    pub fn policy_reload(&self, result: &'static str) {
+        self.policy_reloads
+            .get_or_create(&ReloadLabels { result })
+            .inc();
     }
 
     /// The registry, for components that add their own metrics at start-up.
