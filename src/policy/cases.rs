@@ -19,7 +19,10 @@ use crate::config::ConfigError;
 
 /// A [`Grant`] from a claims object (a decoded token or an introspection answer): the
 /// same mapping the proxy applies. `exp` may be left out (the grant is then unexpiring).
-pub fn grant_from_claims(claims: &Map<String, Value>, mapping: &ClaimsMapping) -> Result<Grant, AuthError> {
+pub fn grant_from_claims(
+    claims: &Map<String, Value>,
+    mapping: &ClaimsMapping,
+) -> Result<Grant, AuthError> {
     let mut claims = claims.clone();
     claims
         .entry("exp")
@@ -54,7 +57,11 @@ pub enum ExplainError {
 impl fmt::Display for ExplainError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ExplainError::Classify(e) => write!(f, "the proxy refuses this request before authorization ({}): {e}", e.status()),
+            ExplainError::Classify(e) => write!(
+                f,
+                "the proxy refuses this request before authorization ({}): {e}",
+                e.status()
+            ),
         }
     }
 }
@@ -68,7 +75,11 @@ fn relative<'u>(url: &'u str, base: &str) -> &'u str {
         .unwrap_or("");
     let rest = url
         .strip_prefix(base)
-        .or_else(|| (!path_of_base.is_empty()).then(|| url.strip_prefix(path_of_base)).flatten())
+        .or_else(|| {
+            (!path_of_base.is_empty())
+                .then(|| url.strip_prefix(path_of_base))
+                .flatten()
+        })
         .unwrap_or(url);
     rest.trim_start_matches('/')
 }
@@ -133,7 +144,11 @@ impl fmt::Display for Explanation {
         let scopes: Vec<&str> = g.scopes.data().iter().map(|s| s.raw.as_str()).collect();
         writeln!(f, "scopes:   {}", scopes.join(" "))?;
         if !self.note.scopes_dropped.is_empty() {
-            writeln!(f, "ceiling:  dropped {}", self.note.scopes_dropped.join(" "))?;
+            writeln!(
+                f,
+                "ceiling:  dropped {}",
+                self.note.scopes_dropped.join(" ")
+            )?;
         }
         let reason = &self.decision.reason;
         writeln!(f, "decision: {} ({})", self.verdict, reason.code)?;
@@ -173,7 +188,11 @@ impl fmt::Display for Explanation {
                 f,
                 "policy:   {rule} ({}){}",
                 self.note.mode.unwrap_or("enforce"),
-                if self.note.would_deny { ", would deny" } else { "" }
+                if self.note.would_deny {
+                    ", would deny"
+                } else {
+                    ""
+                }
             )?;
         }
         if let Some(n) = self.note.count_clamped {
@@ -302,7 +321,10 @@ pub fn run_file(
     })?;
     let dir = file.parent().unwrap_or(Path::new("."));
     let policies: Vec<PathBuf> = if raw.policies.is_empty() {
-        let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         let stem = name
             .strip_suffix(".tests.yaml")
             .or_else(|| name.strip_suffix(".tests.yml"))
@@ -331,11 +353,17 @@ fn run_case(set: &PolicySet, c: &RawCase, file: &Path, mapping: &ClaimsMapping) 
         Ok(g) => Arc::new(g),
         Err(e) => return result(vec![format!("token: {}", e.description())]),
     };
-    let (method, url) = c.request.split_once(' ').unwrap_or(("GET", c.request.as_str()));
+    let (method, url) = c
+        .request
+        .split_once(' ')
+        .unwrap_or(("GET", c.request.as_str()));
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
         return result(vec![format!("request: `{method}` is not an HTTP method")]);
     };
-    let body = c.body.as_ref().map(|b| serde_json::to_vec(b).unwrap_or_default());
+    let body = c
+        .body
+        .as_ref()
+        .map(|b| serde_json::to_vec(b).unwrap_or_default());
     let e = match explain(set, grant, &method, url.trim(), body.as_deref(), "") {
         Ok(e) => e,
         Err(err) => {
@@ -369,7 +397,10 @@ fn run_case(set: &PolicySet, c: &RawCase, file: &Path, mapping: &ClaimsMapping) 
     if let Some(w) = c.would_deny
         && w != e.note.would_deny
     {
-        failures.push(format!("expected would_deny: {w}, got {}", e.note.would_deny));
+        failures.push(format!(
+            "expected would_deny: {w}, got {}",
+            e.note.would_deny
+        ));
     }
     if let (Some(resource), Some(want)) = (&c.response, c.expect_response) {
         let mut note = PolicyNote::default();

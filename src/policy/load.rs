@@ -246,7 +246,10 @@ impl Problems<'_> {
         if !ok {
             self.at(
                 &s.referenced,
-                format!("{key}: `{}` is not a valid name (expected letters, digits, `-`, `_` or `.`)", s.value),
+                format!(
+                    "{key}: `{}` is not a valid name (expected letters, digits, `-`, `_` or `.`)",
+                    s.value
+                ),
             );
         }
     }
@@ -304,9 +307,28 @@ fn interactions_named(name: &str) -> Vec<Interaction> {
 
 /// Result parameters and other `_` parameters FHIR defines for every type.
 const COMMON_PARAMETERS: &[&str] = &[
-    "_id", "_lastUpdated", "_tag", "_profile", "_security", "_source", "_text", "_content",
-    "_list", "_has", "_type", "_query", "_filter", "_sort", "_count", "_include",
-    "_revinclude", "_summary", "_total", "_elements", "_contained", "_containedType",
+    "_id",
+    "_lastUpdated",
+    "_tag",
+    "_profile",
+    "_security",
+    "_source",
+    "_text",
+    "_content",
+    "_list",
+    "_has",
+    "_type",
+    "_query",
+    "_filter",
+    "_sort",
+    "_count",
+    "_include",
+    "_revinclude",
+    "_summary",
+    "_total",
+    "_elements",
+    "_contained",
+    "_containedType",
 ];
 
 fn known_parameter(name: &str) -> bool {
@@ -410,14 +432,22 @@ pub fn parse_policy(text: &str, path: &Path) -> Result<LoadedFile, Vec<ConfigErr
         if names.insert(s.value.clone(), ()).is_some() {
             p.at(
                 &s.referenced,
-                format!("{key}: the rule name `{}` is used twice in this policy", s.value),
+                format!(
+                    "{key}: the rule name `{}` is used twice in this policy",
+                    s.value
+                ),
             );
         }
     };
 
     for c in &raw.ceilings {
         unique(&mut p, &c.name, "ceilings.name");
-        p.non_empty(&c.clients, &c.name.referenced, "ceilings.clients", "which clients the ceiling limits; `*` for all");
+        p.non_empty(
+            &c.clients,
+            &c.name.referenced,
+            "ceilings.clients",
+            "which clients the ceiling limits; `*` for all",
+        );
         let clients = p.globs(&c.clients, "ceilings.clients");
         let scopes = c
             .scopes
@@ -535,7 +565,11 @@ pub fn parse_policy(text: &str, path: &Path) -> Result<LoadedFile, Vec<ConfigErr
             p.at(&m.referenced, "search.max_count: must be at least 1");
         }
         policy.search = Some(SearchRules {
-            forbidden_parameters: s.forbidden_parameters.iter().map(|f| f.value.clone()).collect(),
+            forbidden_parameters: s
+                .forbidden_parameters
+                .iter()
+                .map(|f| f.value.clone())
+                .collect(),
             forbid_chains: s.forbid_chains,
             max_count: s.max_count.as_ref().map(|m| m.value),
         });
@@ -543,7 +577,12 @@ pub fn parse_policy(text: &str, path: &Path) -> Result<LoadedFile, Vec<ConfigErr
 
     for l in &raw.labels {
         unique(&mut p, &l.name, "labels.name");
-        p.non_empty(&l.codes, &l.name.referenced, "labels.codes", "the meta.security codes that hide a resource, e.g. R, PSY, HIV");
+        p.non_empty(
+            &l.codes,
+            &l.name.referenced,
+            "labels.codes",
+            "the meta.security codes that hide a resource, e.g. R, PSY, HIV",
+        );
         for s in &l.unless_scopes {
             let bad = s.value.is_empty()
                 || s.value.contains(char::is_whitespace)
@@ -563,9 +602,24 @@ pub fn parse_policy(text: &str, path: &Path) -> Result<LoadedFile, Vec<ConfigErr
 
     for r in &raw.redact {
         unique(&mut p, &r.name, "redact.name");
-        p.non_empty(&r.resource_types, &r.name.referenced, "redact.resource_types", "which types lose the fields");
-        p.non_empty(&r.clients, &r.name.referenced, "redact.clients", "which clients get redacted resources; `*` for all");
-        p.non_empty(&r.fields, &r.name.referenced, "redact.fields", "the elements to remove");
+        p.non_empty(
+            &r.resource_types,
+            &r.name.referenced,
+            "redact.resource_types",
+            "which types lose the fields",
+        );
+        p.non_empty(
+            &r.clients,
+            &r.name.referenced,
+            "redact.clients",
+            "which clients get redacted resources; `*` for all",
+        );
+        p.non_empty(
+            &r.fields,
+            &r.name.referenced,
+            "redact.fields",
+            "the elements to remove",
+        );
         let fields = r
             .fields
             .iter()
@@ -683,7 +737,11 @@ pub fn load_paths(paths: &[PathBuf], base: &Rules) -> Result<PolicySet, Vec<Conf
         }
     }
     let set = combine(loaded, base, &mut errors);
-    if errors.is_empty() { Ok(set) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(set)
+    } else {
+        Err(errors)
+    }
 }
 
 /// Merges files: policy names and operations must be unique, compartment choices must agree.
@@ -706,7 +764,11 @@ fn combine(
     for (file, text, l) in loaded {
         let name_at = locate_key(&text, "name");
         if set.policies.iter().any(|p| p.name == l.policy.name) {
-            at(&file, name_at, format!("name: a policy named `{}` is already loaded", l.policy.name));
+            at(
+                &file,
+                name_at,
+                format!("name: a policy named `{}` is already loaded", l.policy.name),
+            );
         }
         if let Some(ops) = l.operations {
             let map = operations.get_or_insert_with(BTreeMap::new);
@@ -732,7 +794,13 @@ fn combine(
             if let (Some(a), Some(b)) = (mine, theirs)
                 && a != b
             {
-                at(&file, locate_key(&text, key), format!("compartment.{key}: another policy sets a different value; compartment choices must agree"));
+                at(
+                    &file,
+                    locate_key(&text, key),
+                    format!(
+                        "compartment.{key}: another policy sets a different value; compartment choices must agree"
+                    ),
+                );
             }
         }
         compartment.non_member_types = compartment.non_member_types.or(c.non_member_types);

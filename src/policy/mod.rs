@@ -102,7 +102,8 @@ impl Glob {
                 },
             }
         }
-        p.get(pi..).is_some_and(|rest| rest.iter().all(|c| *c == '*'))
+        p.get(pi..)
+            .is_some_and(|rest| rest.iter().all(|c| *c == '*'))
     }
 }
 
@@ -352,7 +353,8 @@ impl DenyRule {
                 .is_some_and(|o| self.operations.contains(&o.name));
         let ctx_ok =
             self.contexts.is_empty() || context.is_some_and(|c| self.contexts.contains(&c));
-        let client_ok = self.clients.is_empty() || any_glob(&self.clients, grant.client_id.as_deref());
+        let client_ok =
+            self.clients.is_empty() || any_glob(&self.clients, grant.client_id.as_deref());
         let user_ok = self.fhir_user_types.is_empty()
             || grant
                 .fhir_user_type()
@@ -368,7 +370,10 @@ impl SearchRules {
             if self.forbidden_parameters.contains(&p.name) {
                 Some(format!("the search parameter {} is not allowed", p.name))
             } else if self.forbid_chains && p.chain.is_some() {
-                Some(format!("chained search parameters ({}.…) are not allowed", p.name))
+                Some(format!(
+                    "chained search parameters ({}.…) are not allowed",
+                    p.name
+                ))
             } else {
                 None
             }
@@ -401,7 +406,11 @@ impl PolicySet {
         let mut enforced: Vec<&Ceiling> = Vec::new();
         for policy in &self.policies {
             let mode = policy.mode_for(client);
-            for c in policy.ceilings.iter().filter(|c| any_glob(&c.clients, client)) {
+            for c in policy
+                .ceilings
+                .iter()
+                .filter(|c| any_glob(&c.clients, client))
+            {
                 let dropped: Vec<&SmartScope> = grant
                     .scopes
                     .data()
@@ -426,9 +435,11 @@ impl PolicySet {
             return grant;
         }
         let mut limited = (*grant).clone();
-        limited
-            .scopes
-            .retain(|t| enforced.iter().all(|c| c.scopes.iter().any(|s| covers(s, t))));
+        limited.scopes.retain(|t| {
+            enforced
+                .iter()
+                .all(|c| c.scopes.iter().any(|s| covers(s, t)))
+        });
         Arc::new(limited)
     }
 
@@ -462,11 +473,14 @@ impl PolicySet {
                     note.would_deny = true;
                 }
             };
-            for rule in policy.deny.iter().filter(|r| r.matches(grant, req, context)) {
-                let message = rule
-                    .message
-                    .clone()
-                    .unwrap_or_else(|| "a policy of this server does not allow this request".into());
+            for rule in policy
+                .deny
+                .iter()
+                .filter(|r| r.matches(grant, req, context))
+            {
+                let message = rule.message.clone().unwrap_or_else(|| {
+                    "a policy of this server does not allow this request".into()
+                });
                 hit(&rule.name, message, note);
             }
             let Some(search) = &policy.search else {
@@ -500,7 +514,12 @@ impl PolicySet {
             return;
         }
         if let (Some(max), Outcome::Forward(plan)) = (clamp, &mut decision.outcome) {
-            for p in plan.request.params.iter_mut().filter(|p| p.name == "_count") {
+            for p in plan
+                .request
+                .params
+                .iter_mut()
+                .filter(|p| p.name == "_count")
+            {
                 if p.value.parse::<u64>().map_or(true, |n| n > u64::from(max)) {
                     p.value = max.to_string();
                 }
@@ -533,7 +552,11 @@ impl PolicySet {
                     pass.labels.push((policy, l, mode));
                 }
             }
-            for r in policy.redact.iter().filter(|r| any_glob(&r.clients, client)) {
+            for r in policy
+                .redact
+                .iter()
+                .filter(|r| any_glob(&r.clients, client))
+            {
                 pass.redact.push((policy, r, mode));
             }
         }
@@ -555,14 +578,24 @@ pub struct UnreadableBody;
 impl ResponsePass<'_> {
     /// `policy/rule` of every rule in the pass (for `explain`).
     pub fn rule_names(&self) -> Vec<String> {
-        let labels = self.labels.iter().map(|(p, r, _)| format!("{}/{}", p.name, r.name));
-        let redact = self.redact.iter().map(|(p, r, _)| format!("{}/{}", p.name, r.name));
+        let labels = self
+            .labels
+            .iter()
+            .map(|(p, r, _)| format!("{}/{}", p.name, r.name));
+        let redact = self
+            .redact
+            .iter()
+            .map(|(p, r, _)| format!("{}/{}", p.name, r.name));
         labels.chain(redact).collect()
     }
 
     /// A single resource: `Ok(None)` when it must be hidden, else the body to send (the
     /// input unchanged unless something was redacted).
-    pub fn single(&self, body: &[u8], note: &mut PolicyNote) -> Result<Option<Vec<u8>>, UnreadableBody> {
+    pub fn single(
+        &self,
+        body: &[u8],
+        note: &mut PolicyNote,
+    ) -> Result<Option<Vec<u8>>, UnreadableBody> {
         let mut v: Value = serde_json::from_slice(body).map_err(|_| UnreadableBody)?;
         if !self.apply(&mut v, note) {
             return Ok(None);

@@ -41,9 +41,7 @@ fn fingerprint(paths: &[PathBuf]) -> Fingerprint {
             let resolved = std::fs::canonicalize(&f).ok();
             let meta = std::fs::metadata(&f).ok();
             #[cfg(unix)]
-            let inode = meta
-                .as_ref()
-                .map_or(0, std::os::unix::fs::MetadataExt::ino);
+            let inode = meta.as_ref().map_or(0, std::os::unix::fs::MetadataExt::ino);
             #[cfg(not(unix))]
             let inode = 0;
             out.push((
