@@ -655,6 +655,7 @@ pub fn parse_policy(text: &str, path: &Path) -> Result<LoadedFile, Vec<ConfigErr
             compartment,
         })
     } else {
+        p.list.sort_by_key(|e| (e.line, e.column));
         Err(p.list)
     }
 }
