@@ -197,7 +197,7 @@ fn authenticate_token(
 }
 
 fn run_tests(paths: &[PathBuf], config: Option<&std::path::Path>) -> ExitCode {
-    let cfg = match config.map(|c| Config::load(c)).transpose() {
+    let cfg = match config.map(Config::load).transpose() {
         Ok(c) => c,
         Err(problems) => {
             print_problems(&problems);

@@ -109,7 +109,7 @@ fn duplicate_names_and_operations_across_files_are_refused() {
     std::fs::write(dir.join("a.yaml"), format!("name: same\n{op}")).unwrap();
     std::fs::write(dir.join("b.yaml"), format!("name: same\n{op}")).unwrap();
     std::fs::write(dir.join("b.tests.yaml"), "not: a policy\n").unwrap();
-    let e = load_paths(&[dir.clone()], &Rules::default()).unwrap_err();
+    let e = load_paths(std::slice::from_ref(&dir), &Rules::default()).unwrap_err();
     let e: Vec<String> = e.iter().map(ToString::to_string).collect();
     assert_eq!(e.len(), 2, "{e:?}");
     assert!(
