@@ -735,6 +735,12 @@ impl Gateway {
             &self.filter.upstream_base,
             &self.filter.public_base,
         );
+        // Labels hide resources as "not found": a real 404 must then look the same.
+        if let (ResponseRule::PassThrough, Some(_)) = (rule, pass)
+            && matches!(parts.status, StatusCode::NOT_FOUND | StatusCode::GONE)
+        {
+            return Err(not_found());
+        }
         if let (ResponseRule::PassThrough, Some(pass)) = (rule, pass)
             && parts.status.is_success()
         {
