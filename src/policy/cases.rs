@@ -310,13 +310,7 @@ pub fn run_file(
             file: file.to_owned(),
             line,
             column,
-            message: e
-                .without_snippet()
-                .to_string()
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_owned(),
+            message: super::load::yaml_message(&e),
         }]
     })?;
     let dir = file.parent().unwrap_or(Path::new("."));

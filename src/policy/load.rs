@@ -406,12 +406,11 @@ pub fn parse_policy(text: &str, path: &Path) -> Result<LoadedFile, Vec<ConfigErr
             .location()
             .map(|l| (l.line(), l.column()))
             .unwrap_or((0, 0));
-        let message = e.without_snippet().to_string();
         vec![ConfigError {
             file: path.to_owned(),
             line,
             column,
-            message: message.lines().next().unwrap_or_default().to_owned(),
+            message: yaml_message(&e),
         }]
     })?;
     let mut p = Problems {
@@ -658,6 +657,26 @@ pub fn parse_policy(text: &str, path: &Path) -> Result<LoadedFile, Vec<ConfigErr
         p.list.sort_by_key(|e| (e.line, e.column));
         Err(p.list)
     }
+}
+
+/// A YAML/serde error as one sentence for people: the location is already in front of
+/// it, Rust type names are said in words.
+pub fn yaml_message(e: &serde_saphyr::Error) -> String {
+    let text = e.without_snippet().to_string();
+    let mut line = text.lines().next().unwrap_or_default().to_owned();
+    if let Some(i) = line.rfind(" at line ") {
+        line.truncate(i);
+    }
+    for (rust, words) in [
+        ("invalid u32", "expected a whole number"),
+        ("invalid u64", "expected a whole number"),
+        ("invalid bool", "expected true or false"),
+        ("sequence start", "a list ([a, b] or one `- item` per line)"),
+        ("mapping start", "a block of `key: value` lines"),
+    ] {
+        line = line.replace(rust, words);
+    }
+    line
 }
 
 /// `$everything` ⇒ `everything`.

@@ -525,6 +525,16 @@ impl PolicySet {
                 }
             }
             plan.narrowed = true;
+            let target = plan.request.upstream_target();
+            let detail = &mut decision.reason.detail;
+            let rest = match detail.strip_prefix("narrowed to ") {
+                Some(d) => d.split_once("; ").map(|(_, r)| r.to_owned()),
+                None => (!detail.is_empty()).then(|| detail.clone()),
+            };
+            *detail = match rest {
+                Some(r) => format!("narrowed to {target}; {r}"),
+                None => format!("narrowed to {target}"),
+            };
         }
     }
 
