@@ -564,3 +564,45 @@ fn audit_lines_for_every_decision_kind_and_never_a_token() {
         assert!(!log.to_ascii_lowercase().contains("bearer "), "{log}");
     }
 }
+
+#[test]
+fn explain_checks_a_real_token_like_the_proxy() {
+    let proxy = with_policies(&[&example("deny.yaml")]);
+    let token = mint_a(&proxy, "user/*.cruds", None, Some("Practitioner/pr-01"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smartgate"))
+        .args(["explain", "--config"])
+        .arg(proxy.dir.join("smartgate.yaml"))
+        .args([
+            "--token",
+            &token,
+            "DELETE",
+            &format!("{}/Observation/obs-pt-01-0001", proxy.base),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!(
+            "client:   {A} (patient: -, fhirUser: Practitioner/pr-01)"
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("decision: deny (policy)"), "{stdout}");
+    assert!(
+        stdout.contains("policy:   deny-rules/no-delete (enforce)"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(&token));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smartgate"))
+        .args(["explain", "--config"])
+        .arg(proxy.dir.join("smartgate.yaml"))
+        .args(["--token", "not-a-token", "GET", "Patient/pt-01"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}

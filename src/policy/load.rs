@@ -475,8 +475,15 @@ pub fn parse_policy(text: &str, path: &Path) -> Result<LoadedFile, Vec<ConfigErr
         let mut interactions = Vec::new();
         for i in &d.interactions {
             let found = interactions_named(&i.value);
-            if found.is_empty() {
-                p.at(&i.referenced, format!("deny.interactions: unknown interaction `{}` (expected read, vread, update, patch, delete, create, search, search-type, search-system, search-compartment, history, history-instance, history-type, history-system, capabilities, batch, transaction, operation, conditional-create, conditional-update, conditional-patch or conditional-delete)", i.value));
+            if found.iter().any(|f| {
+                matches!(
+                    f,
+                    Interaction::Batch | Interaction::Transaction | Interaction::Capabilities
+                )
+            }) {
+                p.at(&i.referenced, format!("deny.interactions: `{}` is never decided as a whole (metadata is public; batch and transaction entries are judged one by one): deny the entries' interactions instead", i.value));
+            } else if found.is_empty() {
+                p.at(&i.referenced, format!("deny.interactions: unknown interaction `{}` (expected read, vread, update, patch, delete, create, search, search-type, search-system, search-compartment, history, history-instance, history-type, history-system, operation, conditional-create, conditional-update, conditional-patch or conditional-delete)", i.value));
             }
             interactions.extend(found);
         }
