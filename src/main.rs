@@ -242,7 +242,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match load_config_and_policies(&config) {
             Ok((_, set)) => {
-                println!("{}: ok ({} policies)", config.display(), set.policies.len());
+                let n = set.policies.len();
+                let noun = if n == 1 { "policy" } else { "policies" };
+                println!("{} ({n} {noun}): ok", config.display());
                 ExitCode::SUCCESS
             }
             Err(problems) => {

@@ -65,7 +65,7 @@ fn every_example_passes_check() {
             file.display(),
             text(&out.stderr)
         );
-        assert!(text(&out.stdout).ends_with("ok (1 policies)\n"));
+        assert!(text(&out.stdout).ends_with(" (1 policy): ok\n"));
     }
     let cfg = config(&dir, &["policies/default.yaml"]);
     assert!(
