@@ -747,7 +747,11 @@ impl Gateway {
             let bytes = collect(incoming, self.max_inspect_bytes)
                 .await
                 .map_err(|_| bad_upstream_body())?;
-            let body = self.policy_pass(bytes, Some(pass), rec)?;
+            // HEAD and 204 answers have no body to judge.
+            let body = match bytes.is_empty() {
+                true => bytes,
+                false => self.policy_pass(bytes, Some(pass), rec)?,
+            };
             for h in [header::CONTENT_LENGTH, header::CONTENT_ENCODING] {
                 headers.remove(h);
             }

@@ -250,6 +250,7 @@ fn sensitivity_labels_hide_unless_client_or_scope() {
     let line = last_audit(&proxy);
     assert_eq!(line["reason"], "not-found-or-hidden");
     assert_eq!(proxy.get("Patient/pt-16", &a).status, 200);
+    assert_eq!(proxy.req("HEAD", "Patient/pt-16", &a, &[], b"").status, 200);
     // In searches the labelled resources are removed.
     let ids = entry_ids(&proxy.get("Condition?patient=pt-14", &a).json());
     assert!(
