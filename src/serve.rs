@@ -119,9 +119,8 @@ pub async fn build(
             .unwrap_or(cfg.compartment.non_member_types),
     );
     let policy = Arc::new(policy);
-    if !cfg.policies.is_empty() {
-        policy.clone().spawn_watch(metrics.clone());
-    }
+    // Always: SIGHUP then reloads (or re-confirms "no policies") instead of ending the process.
+    policy.clone().spawn_watch(metrics.clone());
     let audit = AuditLog::open(cfg.audit.output.as_deref(), cfg.audit.log_query_values)
         .map_err(|e| StartError::Config(format!("audit.output: {e}")))?;
     let smart_configuration = cfg.smart.as_ref().map(|s| Bytes::from(smart_document(s)));
