@@ -607,3 +607,15 @@ fn explain_checks_a_real_token_like_the_proxy() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn sighup_without_policies_keeps_serving() {
+    let proxy = Proxy::start("");
+    std::process::Command::new("kill")
+        .args(["-HUP", &proxy.pid().to_string()])
+        .status()
+        .unwrap();
+    wait_for("the reload", || reloads(&proxy, "ok") == 1);
+    let token = mint_a(&proxy, "user/Patient.rs", None, None);
+    assert_eq!(proxy.get("Patient/pt-01", &token).status, 200);
+}
