@@ -46,6 +46,12 @@ pub struct Record {
     /// The scope that allowed the request.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// The token's data scopes the request was decided with (after policy ceilings).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    /// What policies matched: rule, mode, audit-only `would_deny`, dropped scopes, …
+    #[serde(skip_serializing_if = "crate::policy::PolicyNote::is_empty")]
+    pub policy: crate::policy::PolicyNote,
     /// Entries removed by response filtering.
     pub removed: usize,
     /// Status sent to the client.

@@ -48,6 +48,7 @@ pub mod net;
 pub mod outcome;
 pub mod paging;
 pub mod pct;
+pub mod policy;
 pub mod proxy;
 pub mod scope;
 pub mod serve;

@@ -25,7 +25,7 @@ use tracing::Instrument;
 
 use crate::audit::{AuditLog, Record};
 use crate::authenticate::{Authenticator, Grant};
-use crate::authorize::{self, Decision, Outcome, Plan, ResponseRule, Rules, View};
+use crate::authorize::{Decision, Outcome, Plan, ResponseRule, View};
 use crate::body::{self, ProxyBody};
 use crate::classify::{self, ClassifyError, FhirRequest, Interaction, RawRequest};
 use crate::compartment::membership;
@@ -39,6 +39,7 @@ use crate::metadata::{self, Advertised, TtlCache};
 use crate::metrics::{Metrics, RequestLabels, ResultLabels, status_class};
 use crate::outcome;
 use crate::paging::PagingKey;
+use crate::policy::{PolicyHandle, PolicySet, ResponsePass};
 use crate::scope::Letter;
 
 /// Everything the pipeline needs, built once at start-up and shared by all requests.
@@ -49,8 +50,9 @@ pub struct Gateway {
     pub upstream: Arc<Upstream>,
     /// Token checking.
     pub auth: Arc<Authenticator>,
-    /// Authorization rules (operation allow-list, non-member types).
-    pub rules: Rules,
+    /// Policies (hot-reloaded), with the authorization rules (operation allow-list,
+    /// non-member types) they carry.
+    pub policy: Arc<PolicyHandle>,
     /// Response-filter facts.
     pub filter: FilterContext,
     /// Binds paging links to the token that started a search.
@@ -242,6 +244,11 @@ impl Gateway {
         let grant = self
             .authenticate(&parts.headers, query.as_deref(), rec)
             .await?;
+        // Policies (one version for the whole request): ceilings narrow the grant first.
+        let policies = self.policy.current();
+        let grant = policies.ceiling(grant, &mut rec.policy);
+        rec.scopes = grant.scopes.data().iter().map(|s| s.raw.clone()).collect();
+        let pass = policies.response_pass(&grant);
         let mut body = ReqBody::Streaming(incoming);
 
         // POST to the base (batch/transaction) and POST …/_search need their body to be
@@ -275,6 +282,7 @@ impl Gateway {
                     fhir.interaction,
                     &bytes,
                     &grant,
+                    (&policies, pass.as_ref()),
                     &client,
                     request_id,
                     rec,
@@ -299,11 +307,19 @@ impl Gateway {
                 )
                 .map_err(upstream_error)?;
             return self
-                .respond(up, &ResponseRule::Filter(view), None, false, &grant, rec)
+                .respond(
+                    up,
+                    &ResponseRule::Filter(view),
+                    None,
+                    false,
+                    &grant,
+                    pass.as_ref(),
+                    rec,
+                )
                 .await;
         }
 
-        let decision = authorize::authorize(&grant, &fhir, &self.rules);
+        let decision = policies.decide(&grant, &fhir, &mut rec.policy);
         let plan = self.decided(decision, rec)?;
         self.forward_plan(
             &parts.method,
@@ -311,6 +327,7 @@ impl Gateway {
             plan,
             body,
             &grant,
+            pass.as_ref(),
             &client,
             request_id,
             rec,
@@ -474,11 +491,12 @@ impl Gateway {
                 }),
             None => None,
         };
+        let policies = self.policy.current();
         let advertised = Advertised {
             public_base: &self.public.full(),
             smart: smart.as_ref(),
             cors: self.cors.enabled(),
-            prune: self.prune_metadata.then_some(&self.rules),
+            prune: self.prune_metadata.then_some(&policies.rules),
         };
         let body = metadata::capability_statement(&bytes, &advertised).ok_or_else(|| {
             Early::new(
@@ -534,15 +552,9 @@ impl Gateway {
         rec.reason = decision.reason.code.to_owned();
         rec.scope = decision.reason.scope.clone();
         rec.detail = decision.reason.detail.clone();
+        rec.decision = crate::policy::verdict_name(&decision);
         match decision.outcome {
-            Outcome::Forward(plan) => {
-                rec.decision = match (&plan.response, plan.narrowed) {
-                    (_, true) => "narrow",
-                    (ResponseRule::Filter(_), false) => "filter",
-                    (ResponseRule::PassThrough, false) => "allow",
-                };
-                Ok(plan)
-            }
+            Outcome::Forward(plan) => Ok(plan),
             Outcome::Reject(r) => {
                 let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FORBIDDEN);
                 Err(Early::new(status, r.issue, r.message).decision("deny", decision.reason.code))
@@ -559,19 +571,20 @@ impl Gateway {
         plan: Plan,
         mut body: ReqBody,
         grant: &Grant,
+        pass: Option<&ResponsePass<'_>>,
         client: &ClientInfo,
         request_id: &HeaderValue,
         rec: &mut Record,
     ) -> Phase<Response<ProxyBody>> {
         let method = plan.request.upstream_method(client_method);
         let target = plan.request.upstream_target();
-        let mut out_headers = match &plan.response {
-            ResponseRule::Filter(_) => filter_headers(headers),
-            ResponseRule::PassThrough => headers.clone(),
+        // Policy labels and redaction read the response too: JSON, like the filter.
+        let inspected = pass.is_some() || matches!(plan.response, ResponseRule::Filter(_));
+        let mut out_headers = match inspected {
+            true => filter_headers(headers),
+            false => headers.clone(),
         };
-        if let ResponseRule::Filter(_) = plan.response
-            && wants_xml(headers, &plan.request)
-        {
+        if inspected && wants_xml(headers, &plan.request) {
             return Err(Early::new(
                 StatusCode::NOT_ACCEPTABLE,
                 "not-supported",
@@ -668,6 +681,7 @@ impl Gateway {
                 .unwrap_or(None),
             empty_is_missing,
             grant,
+            pass,
             rec,
         )
         .await
@@ -784,6 +798,7 @@ impl Gateway {
         single: Option<crate::fhir::ResourceType>,
         empty_is_missing: bool,
         grant: &Grant,
+        pass: Option<&ResponsePass<'_>>,
         rec: &mut Record,
     ) -> Phase<Response<ProxyBody>> {
         let started = Instant::now();
@@ -798,6 +813,31 @@ impl Gateway {
             &self.filter.upstream_base,
             &self.filter.public_base,
         );
+        // Labels hide resources as "not found": a real 404 must then look the same.
+        if let (ResponseRule::PassThrough, Some(_)) = (rule, pass)
+            && matches!(parts.status, StatusCode::NOT_FOUND | StatusCode::GONE)
+        {
+            return Err(not_found());
+        }
+        if let (ResponseRule::PassThrough, Some(pass)) = (rule, pass)
+            && parts.status.is_success()
+        {
+            let bytes = collect(incoming, self.max_inspect_bytes)
+                .await
+                .map_err(|_| bad_upstream_body())?;
+            // HEAD and 204 answers have no body to judge.
+            let body = match bytes.is_empty() {
+                true => bytes,
+                false => self.policy_pass(bytes, Some(pass), rec)?,
+            };
+            for h in [header::CONTENT_LENGTH, header::CONTENT_ENCODING] {
+                headers.remove(h);
+            }
+            let mut out = Response::new(body::full(body));
+            *out.status_mut() = parts.status;
+            *out.headers_mut() = headers;
+            return Ok(out);
+        }
         let ResponseRule::Filter(view) = rule else {
             let mut out = Response::new(body::stream(incoming));
             *out.status_mut() = parts.status;
@@ -867,6 +907,7 @@ impl Gateway {
                 Bytes::from(filtered.body)
             }
         };
+        let body = self.policy_pass(body, pass, rec)?;
         for h in [
             header::CONTENT_LENGTH,
             header::CONTENT_ENCODING,
@@ -885,6 +926,24 @@ impl Gateway {
         *out.status_mut() = parts.status;
         *out.headers_mut() = headers;
         Ok(out)
+    }
+
+    /// Policy labels and redaction on a body that may otherwise leave; a single resource
+    /// hidden by a label is answered like one that does not exist.
+    fn policy_pass(
+        &self,
+        body: Bytes,
+        pass: Option<&ResponsePass<'_>>,
+        rec: &mut Record,
+    ) -> Phase<Bytes> {
+        let Some(pass) = pass else {
+            return Ok(body);
+        };
+        match pass.single(&body, &mut rec.policy) {
+            Ok(Some(b)) => Ok(Bytes::from(b)),
+            Ok(None) => Err(not_found().decision("deny", "policy-label")),
+            Err(_) => Err(bad_upstream_body()),
+        }
     }
 
     /// Whether a single resource body may leave; a `Binary` is looked up through its
@@ -954,6 +1013,7 @@ impl Gateway {
         kind: Interaction,
         bytes: &[u8],
         grant: &Grant,
+        (policies, pass): (&PolicySet, Option<&ResponsePass<'_>>),
         client: &ClientInfo,
         request_id: &HeaderValue,
         rec: &mut Record,
@@ -977,7 +1037,7 @@ impl Gateway {
         let mut slots: Vec<Result<Option<View>, Value>> = Vec::new();
         let mut denied = 0;
         for mut entry in entries {
-            match self.decide_entry(&mut entry, grant) {
+            match self.decide_entry(&mut entry, grant, policies, rec) {
                 Ok(view) => {
                     forwarded.push(entry);
                     slots.push(Ok(view));
@@ -1080,6 +1140,9 @@ impl Gateway {
             obj.insert("entry".into(), Value::Array(out_entries));
             obj.remove("link");
         }
+        if let Some(pass) = pass {
+            pass.apply(&mut answer, &mut rec.policy);
+        }
         let body = serde_json::to_vec(&answer).map_err(|_| bad_upstream_body())?;
         let mut out = Response::new(body::full(body));
         out.headers_mut().insert(
@@ -1125,7 +1188,13 @@ impl Gateway {
 
     /// Decides one batch/transaction entry, narrowing its URL in place. `Ok(None)` when
     /// its response passes unjudged; `Err` holds the response entry to answer in its place.
-    fn decide_entry(&self, entry: &mut Value, grant: &Grant) -> Result<Option<View>, Value> {
+    fn decide_entry(
+        &self,
+        entry: &mut Value,
+        grant: &Grant,
+        policies: &PolicySet,
+        rec: &mut Record,
+    ) -> Result<Option<View>, Value> {
         let forbidden = |msg: &str| {
             serde_json::json!({"response": {"status": "403 Forbidden", "outcome":
                 serde_json::from_slice::<Value>(&outcome::operation_outcome("forbidden", msg)).unwrap_or(Value::Null)}})
@@ -1150,7 +1219,7 @@ impl Gateway {
             .map(str::to_owned);
         let fhir = classify::classify_entry(&method, &url, ine.as_deref())
             .map_err(|e| forbidden(&e.to_string()))?;
-        let decision = authorize::authorize(grant, &fhir, &self.rules);
+        let decision = policies.decide(grant, &fhir, &mut rec.policy);
         let plan = match decision.outcome {
             Outcome::Forward(plan) => plan,
             Outcome::Reject(r) => return Err(forbidden(&r.message)),

@@ -20,6 +20,7 @@ use crate::listen;
 use crate::metadata::TtlCache;
 use crate::metrics::Metrics;
 use crate::paging::PagingKey;
+use crate::policy::PolicyHandle;
 use crate::proxy::Gateway;
 
 /// Why the proxy could not start.
@@ -111,13 +112,29 @@ pub async fn build(
         Some(path) => PagingKey::new(&read_secret(path)?),
         None => PagingKey::random(),
     };
-    let non_member = cfg.compartment.non_member_types;
+    // Policies override the configuration's compartment choices (fixed until restart).
+    let base_rules = Rules {
+        non_member_types: cfg.compartment.non_member_types,
+        ..Rules::default()
+    };
+    let policy = PolicyHandle::load(&cfg.policies, base_rules).map_err(|problems| {
+        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        StartError::Config(format!("invalid policies:\n{}", lines.join("\n")))
+    })?;
+    let choices = policy.current().compartment;
     let filter = FilterContext::new(
         &upstream_base.full(),
         &public.full(),
-        cfg.compartment.actor_membership,
-        non_member,
+        choices
+            .actor_membership
+            .unwrap_or(cfg.compartment.actor_membership),
+        choices
+            .non_member_types
+            .unwrap_or(cfg.compartment.non_member_types),
     );
+    let policy = Arc::new(policy);
+    // Always: SIGHUP then reloads (or re-confirms "no policies") instead of ending the process.
+    policy.clone().spawn_watch(metrics.clone());
     let audit = AuditLog::open(cfg.audit.output.as_deref(), cfg.audit.log_query_values)
         .map_err(|e| StartError::Config(format!("audit.output: {e}")))?;
     let discovery = cfg
@@ -128,10 +145,7 @@ pub async fn build(
         public,
         upstream: upstream.clone(),
         auth: auth.clone(),
-        rules: Rules {
-            non_member_types: non_member,
-            ..Rules::default()
-        },
+        policy,
         filter,
         paging,
         audit,

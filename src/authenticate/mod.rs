@@ -5,7 +5,7 @@
 //! failure is an [`AuthError`]: no token, no data. The token itself is never logged, kept
 //! (only its SHA-256) or forwarded by this module.
 
-mod claims;
+pub(crate) mod claims;
 mod config;
 mod error;
 mod grant;
