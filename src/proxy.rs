@@ -791,6 +791,7 @@ impl Gateway {
     }
 
     /// Phase 5: send upstream and judge what comes back.
+    #[allow(clippy::too_many_arguments)]
     async fn respond(
         &self,
         up: Request<ProxyBody>,
