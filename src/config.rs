@@ -312,18 +312,8 @@ impl Config {
 
     /// Parses and validates configuration text (`path` is only used in messages).
     pub fn parse(text: &str, path: &Path) -> Result<Config, Vec<ConfigError>> {
-        let config: Config = serde_saphyr::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .location()
-                .map(|l| (l.line(), l.column()))
-                .unwrap_or((0, 0));
-            vec![ConfigError {
-                file: path.to_owned(),
-                line,
-                column,
-                message: first_line(&e.without_snippet().to_string()),
-            }]
-        })?;
+        let config: Config =
+            serde_saphyr::from_str(text).map_err(|e| vec![yaml_error(&e, path)])?;
         let problems = config.validate();
         if problems.is_empty() {
             return Ok(config);
@@ -386,8 +376,39 @@ impl Config {
     }
 }
 
-fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or(s).to_owned()
+/// A YAML or type error from serde, located, in words for people who do not read Rust
+/// type names (shared by the config and the policy loaders).
+pub(crate) fn yaml_error(e: &serde_saphyr::Error, path: &Path) -> ConfigError {
+    let (line, column) = e
+        .location()
+        .map(|l| (l.line(), l.column()))
+        .unwrap_or((0, 0));
+    ConfigError {
+        file: path.to_owned(),
+        line,
+        column,
+        message: yaml_message(e),
+    }
+}
+
+/// A YAML/serde error as one sentence for people: the location is already in front of
+/// it, Rust type names are said in words.
+fn yaml_message(e: &serde_saphyr::Error) -> String {
+    let text = e.without_snippet().to_string();
+    let mut line = text.lines().next().unwrap_or_default().to_owned();
+    if let Some(i) = line.rfind(" at line ") {
+        line.truncate(i);
+    }
+    for (rust, words) in [
+        ("invalid u32", "expected a whole number"),
+        ("invalid u64", "expected a whole number"),
+        ("invalid bool", "expected true or false"),
+        ("sequence start", "a list ([a, b] or one `- item` per line)"),
+        ("mapping start", "a block of `key: value` lines"),
+    ] {
+        line = line.replace(rust, words);
+    }
+    line
 }
 
 /// A base URL split into what the proxy needs: scheme+authority and the path prefix.

@@ -456,12 +456,7 @@ impl Gateway {
                 body::empty(),
             )
             .map_err(upstream_error)?;
-        let started = Instant::now();
-        let resp = self.upstream.send(up).await.map_err(upstream_error)?;
-        self.metrics
-            .upstream_latency
-            .observe(started.elapsed().as_secs_f64());
-        rec.upstream_status = Some(resp.status().as_u16());
+        let resp = self.send(up, rec).await?;
         let status = resp.status();
         let bytes = collect(resp.into_body(), self.max_inspect_bytes)
             .await
@@ -802,12 +797,7 @@ impl Gateway {
         pass: Option<&ResponsePass<'_>>,
         rec: &mut Record,
     ) -> Phase<Response<ProxyBody>> {
-        let started = Instant::now();
-        let resp = self.upstream.send(up).await.map_err(upstream_error)?;
-        self.metrics
-            .upstream_latency
-            .observe(started.elapsed().as_secs_f64());
-        rec.upstream_status = Some(resp.status().as_u16());
+        let resp = self.send(up, rec).await?;
         let (parts, incoming) = resp.into_parts();
         let mut headers = forward::response_headers(
             &parts.headers,
@@ -947,6 +937,17 @@ impl Gateway {
         }
     }
 
+    /// Sends a request upstream, timing it and noting its status for the audit line.
+    async fn send(&self, up: Request<ProxyBody>, rec: &mut Record) -> Phase<Response<Incoming>> {
+        let started = Instant::now();
+        let resp = self.upstream.send(up).await.map_err(upstream_error)?;
+        self.metrics
+            .upstream_latency
+            .observe(started.elapsed().as_secs_f64());
+        rec.upstream_status = Some(resp.status().as_u16());
+        Ok(resp)
+    }
+
     /// Whether a single resource body may leave; a `Binary` is looked up through its
     /// `securityContext` (one level, never recursively).
     async fn visible_single(
@@ -1075,8 +1076,7 @@ impl Gateway {
                 body::full(body),
             )
             .map_err(upstream_error)?;
-        let resp = self.upstream.send(up).await.map_err(upstream_error)?;
-        rec.upstream_status = Some(resp.status().as_u16());
+        let resp = self.send(up, rec).await?;
         let status = resp.status();
         let resp_bytes = collect(resp.into_body(), self.max_inspect_bytes)
             .await

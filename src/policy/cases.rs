@@ -301,18 +301,8 @@ pub fn run_file(
         }]
     };
     let text = std::fs::read_to_string(file).map_err(|e| problem(format!("cannot read: {e}")))?;
-    let raw: RawTests = serde_saphyr::from_str(&text).map_err(|e| {
-        let (line, column) = e
-            .location()
-            .map(|l| (l.line(), l.column()))
-            .unwrap_or((0, 0));
-        vec![ConfigError {
-            file: file.to_owned(),
-            line,
-            column,
-            message: super::load::yaml_message(&e),
-        }]
-    })?;
+    let raw: RawTests =
+        serde_saphyr::from_str(&text).map_err(|e| vec![crate::config::yaml_error(&e, file)])?;
     let dir = file.parent().unwrap_or(Path::new("."));
     let policies: Vec<PathBuf> = if raw.policies.is_empty() {
         let name = file

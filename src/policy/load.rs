@@ -401,18 +401,8 @@ fn parse_field(text: &str) -> Result<FieldPath, String> {
 
 /// Parses and validates one policy file's text (`path` is used in messages).
 pub fn parse_policy(text: &str, path: &Path) -> Result<LoadedFile, Vec<ConfigError>> {
-    let raw: RawPolicy = serde_saphyr::from_str(text).map_err(|e| {
-        let (line, column) = e
-            .location()
-            .map(|l| (l.line(), l.column()))
-            .unwrap_or((0, 0));
-        vec![ConfigError {
-            file: path.to_owned(),
-            line,
-            column,
-            message: yaml_message(&e),
-        }]
-    })?;
+    let raw: RawPolicy =
+        serde_saphyr::from_str(text).map_err(|e| vec![crate::config::yaml_error(&e, path)])?;
     let mut p = Problems {
         file: path,
         list: Vec::new(),
@@ -664,26 +654,6 @@ pub fn parse_policy(text: &str, path: &Path) -> Result<LoadedFile, Vec<ConfigErr
         p.list.sort_by_key(|e| (e.line, e.column));
         Err(p.list)
     }
-}
-
-/// A YAML/serde error as one sentence for people: the location is already in front of
-/// it, Rust type names are said in words.
-pub fn yaml_message(e: &serde_saphyr::Error) -> String {
-    let text = e.without_snippet().to_string();
-    let mut line = text.lines().next().unwrap_or_default().to_owned();
-    if let Some(i) = line.rfind(" at line ") {
-        line.truncate(i);
-    }
-    for (rust, words) in [
-        ("invalid u32", "expected a whole number"),
-        ("invalid u64", "expected a whole number"),
-        ("invalid bool", "expected true or false"),
-        ("sequence start", "a list ([a, b] or one `- item` per line)"),
-        ("mapping start", "a block of `key: value` lines"),
-    ] {
-        line = line.replace(rust, words);
-    }
-    line
 }
 
 /// `$everything` ⇒ `everything`.
