@@ -299,8 +299,12 @@ fn introspection_slow_down_garbage_or_without_active_is_401() {
         let token = form
             .split('&')
             .find_map(|p| p.strip_prefix("token="))
-            .unwrap_or_default()
-            .to_owned();
+            .map(|t| {
+                percent_encoding::percent_decode_str(t)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+            .unwrap_or_default();
         let answer = |v: Value| Reply::json(200, v.to_string());
         match token.as_str() {
             "good" => answer(active(json!({}))),
