@@ -215,3 +215,32 @@ proptest! {
         prop_assert!(errors[0].message.contains(&key), "{}", errors[0]);
     }
 }
+
+/// Regressions: values `check` used to accept that made `serve` panic (a cache lifetime over
+/// 1000 years in moka, `Instant + d` overflowing on every connection, a semaphore too big).
+#[test]
+fn config_refuses_what_serve_cannot_run() {
+    for (extra, key) in [
+        (
+            "auth:\n  jwt:\n    issuer: http://as\n    verified_cache_ttl: 500000d\n",
+            "verified_cache_ttl",
+        ),
+        (
+            "limits:\n  header_read_timeout: 200000000000000d\n",
+            "header_read_timeout",
+        ),
+        (
+            "limits:\n  max_connections: 18446744073709551615\n",
+            "limits.max_connections",
+        ),
+    ] {
+        let text = format!("{MINIMAL}{extra}");
+        let errors = Config::parse(&text, Path::new("c.yaml")).unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.to_string().contains(key) || e.line == text.lines().count() as u64),
+            "{key}: {errors:?}"
+        );
+    }
+}
