@@ -11,7 +11,9 @@ use smartgate::authorize::{Outcome, Rules, authorize};
 use smartgate::classify::{Interaction, RawRequest, classify, classify_entry};
 
 fuzz_target!(|data: &[u8]| {
-    let Some(input) = common::parse_request(data) else { return };
+    let Some(input) = common::parse_request(data) else {
+        return;
+    };
     let raw = RawRequest {
         method: &input.method,
         path: &input.path,
@@ -20,13 +22,19 @@ fuzz_target!(|data: &[u8]| {
         body: Some(input.body),
     };
     if let Ok(req) = classify(&raw) {
-        if !matches!(req.interaction, Interaction::Batch | Interaction::Transaction) {
+        if !matches!(
+            req.interaction,
+            Interaction::Batch | Interaction::Transaction
+        ) {
             assert_eq!(common::again(&req), req);
         }
         let rules = Rules::default();
         for g in common::grants() {
             if let Outcome::Forward(plan) = authorize(&g, &req, &rules).outcome
-                && !matches!(plan.request.interaction, Interaction::Batch | Interaction::Transaction)
+                && !matches!(
+                    plan.request.interaction,
+                    Interaction::Batch | Interaction::Transaction
+                )
             {
                 assert_eq!(common::again(&plan.request), plan.request);
             }

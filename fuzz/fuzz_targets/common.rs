@@ -34,7 +34,9 @@ pub fn parse_request(data: &[u8]) -> Option<Input<'_>> {
     };
     let mut headers = HeaderMap::new();
     for line in lines {
-        let Some((k, v)) = line.split_once(':') else { continue };
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
         if let (Ok(k), Ok(v)) = (
             HeaderName::from_bytes(k.trim().as_bytes()),
             HeaderValue::from_str(v.trim()),
@@ -42,7 +44,13 @@ pub fn parse_request(data: &[u8]) -> Option<Input<'_>> {
             headers.append(k, v);
         }
     }
-    Some(Input { method, path, query, headers, body })
+    Some(Input {
+        method,
+        path,
+        query,
+        headers,
+        body,
+    })
 }
 
 pub fn grant(scopes: &str, patient: Option<&str>) -> Grant {
@@ -82,12 +90,20 @@ pub fn view(g: &Grant, letter: Letter) -> View {
     } else {
         Context::System
     };
-    View { context, patient: g.patient.clone(), letter }
+    View {
+        context,
+        patient: g.patient.clone(),
+        letter,
+    }
 }
 
 /// Re-classifies what would be sent upstream: it must mean the same request.
 pub fn again(req: &FhirRequest) -> FhirRequest {
-    let m = if req.head { Method::HEAD } else { req.upstream_method(&Method::GET) };
+    let m = if req.head {
+        Method::HEAD
+    } else {
+        req.upstream_method(&Method::GET)
+    };
     let target = req.upstream_target();
     match classify_entry(&m, &target, req.if_none_exist().as_deref()) {
         Ok(r) => r,

@@ -11,7 +11,9 @@ use libfuzzer_sys::fuzz_target;
 use smartgate::config::Config;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     match Config::parse(text, std::path::Path::new("fuzz.yaml")) {
         Err(errors) => {
             assert!(!errors.is_empty());
@@ -45,7 +47,10 @@ fuzz_target!(|data: &[u8]| {
             let now = Instant::now();
             for d in durations {
                 assert!(now.checked_add(d).is_some(), "{d:?} overflows an Instant");
-                assert!(d < Duration::from_secs(1000 * 365 * 86400), "{d:?} breaks moka");
+                assert!(
+                    d < Duration::from_secs(1000 * 365 * 86400),
+                    "{d:?} breaks moka"
+                );
             }
             assert!(c.limits.max_connections <= tokio_max_permits());
         }

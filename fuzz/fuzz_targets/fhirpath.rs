@@ -20,23 +20,31 @@ fn contains(root: &Value, target: *const Value) -> bool {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let mut parts = text.splitn(3, '\n');
     let expr = parts.next().unwrap_or_default();
     let rtype = parts.next().unwrap_or_default();
     let json = parts.next().unwrap_or_default();
     let _ = split_reference(expr);
-    let rtype = ResourceType::parse(rtype.trim())
-        .or_else(|| ResourceType::parse("Observation"));
+    let rtype = ResourceType::parse(rtype.trim()).or_else(|| ResourceType::parse("Observation"));
     let Some(rtype) = rtype else { return };
-    let Ok(compiled) = Expr::compile(expr, rtype) else { return };
+    let Ok(compiled) = Expr::compile(expr, rtype) else {
+        return;
+    };
     let _ = compiled.reads_top_level("subject");
-    let Ok(resource) = serde_json::from_str::<Value>(json) else { return };
+    let Ok(resource) = serde_json::from_str::<Value>(json) else {
+        return;
+    };
     let a = compiled.evaluate(&resource);
     let b = compiled.evaluate(&resource);
     assert_eq!(a.len(), b.len());
     for v in &a {
-        assert!(contains(&resource, *v), "selected an element outside the resource");
+        assert!(
+            contains(&resource, *v),
+            "selected an element outside the resource"
+        );
         let _ = reference_type(v);
     }
 });

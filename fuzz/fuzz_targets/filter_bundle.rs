@@ -8,7 +8,9 @@ mod common;
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use smartgate::filter::{FilterContext, NonMemberAccess, Visibility, check_resource, check_single, filter_bundle};
+use smartgate::filter::{
+    FilterContext, NonMemberAccess, Visibility, check_resource, check_single, filter_bundle,
+};
 use smartgate::scope::Letter;
 
 const UP: &str = "http://upstream:8080/fhir";

@@ -8,7 +8,9 @@ use smartgate::fhir::ResourceType;
 use smartgate::scope::{Context, Letter, ScopeSet, SmartScope};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let set = ScopeSet::parse(text);
     let tokens = text.split_ascii_whitespace().count();
     assert!(set.data().len() + set.other().len() + set.invalid().len() <= tokens);
