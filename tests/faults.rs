@@ -153,9 +153,14 @@ fn jwks_slow_down_or_garbage_fails_closed_quickly_and_recovers() {
         "never recovered after the JWKS endpoint healed"
     );
 
-    // Garbage and 5xx after a good fetch: the last good keys stay in use (until
-    // max_staleness), an unknown kid is refused, nothing hangs.
-    for bad in [Jwks::Garbage, Jwks::Status(503)] {
+    // Garbage, 5xx or slowness after a good fetch: the last good keys stay in use (until
+    // max_staleness), an unknown kid is refused (its refetch bounded by the 1 s timeout),
+    // nothing hangs.
+    for bad in [
+        Jwks::Garbage,
+        Jwks::Status(503),
+        Jwks::Slow(Duration::from_secs(4), keys::jwks(&[&k1])),
+    ] {
         *state.lock().unwrap() = bad;
         std::thread::sleep(Duration::from_millis(1500));
         let (r, took) = timed(|| proxy.get("Patient/pt-01", &token));
