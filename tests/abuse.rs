@@ -165,8 +165,15 @@ fn oversize_heads_get_431_or_400_and_the_connection_is_closed() {
 
 #[test]
 fn bodies_over_the_limits_get_413() {
-    // The upstream reads whatever arrives and says how much.
+    // The upstream reads whatever arrives and says how much; searches get a 5 KB Bundle.
     let upstream = faulty::start(|req| {
+        if req.method == "GET" {
+            let pad = "x".repeat(5000);
+            return Reply::json(
+                200,
+                format!("{{\"resourceType\":\"Bundle\",\"type\":\"searchset\",\"id\":\"{pad}\"}}"),
+            );
+        }
         Reply::json(
             201,
             format!(
@@ -242,6 +249,10 @@ fn bodies_over_the_limits_get_413() {
     raw.extend_from_slice(b"0\r\n\r\n");
     let r = http::send_raw(&proxy.addr, &raw).unwrap();
     assert_eq!(r.status, 413, "chunked: {}", r.text());
+    // A response that must be filtered but is over max_inspect_bytes is withheld.
+    let r = proxy.get("Observation?patient=A", &patient);
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(!r.text().contains("xxxx"));
     // Under the limits everything still works.
     let r = proxy.req(
         "POST",
