@@ -350,6 +350,13 @@ impl Config {
         if self.limits.max_connections == 0 {
             out.push(("limits.max_connections".into(), "must be at least 1".into()));
         }
+        // tokio's semaphore panics above usize::MAX >> 3 permits; no host holds 10M sockets.
+        if self.limits.max_connections > 10_000_000 {
+            out.push((
+                "limits.max_connections".into(),
+                "must be at most 10000000".into(),
+            ));
+        }
         for (key, problem) in self.auth.validate() {
             out.push((format!("auth.{key}"), problem));
         }

@@ -33,10 +33,16 @@ impl HumanDuration {
                 ));
             }
         };
-        d.map(HumanDuration)
-            .ok_or_else(|| format!("`{s}` is too long"))
+        d.filter(|d| *d <= MAX)
+            .map(HumanDuration)
+            .ok_or_else(|| format!("`{s}` is too long (at most 3650d)"))
     }
 }
+
+/// The longest accepted duration, 10 years: far beyond any sensible setting, and far below
+/// what breaks the libraries (`Instant + d` overflows and panics on every connection; moka
+/// panics on cache lifetimes over 1000 years), so `check` refuses what `serve` cannot run.
+const MAX: Duration = Duration::from_secs(3650 * 86400);
 
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -79,5 +85,14 @@ mod tests {
         assert!(HumanDuration::parse("s").is_err());
         assert!(HumanDuration::parse("3x").is_err());
         assert!(HumanDuration::parse("-3s").is_err());
+    }
+
+    #[test]
+    fn durations_that_would_overflow_instants_or_caches_are_refused() {
+        assert!(HumanDuration::parse("3650d").is_ok());
+        assert!(HumanDuration::parse("3651d").is_err());
+        assert!(HumanDuration::parse("500000d").is_err());
+        assert!(HumanDuration::parse("200000000000000d").is_err());
+        assert!(HumanDuration::parse("18446744073709551615ms").is_err());
     }
 }

@@ -81,6 +81,8 @@ pub enum UpstreamError {
     Timeout,
     /// The request could not be built (a bug or an unencodable target): 500.
     BadRequest(String),
+    /// The client's streamed body went past `limits.max_body_bytes` while being sent: 413.
+    BodyTooLarge,
 }
 
 impl Upstream {
@@ -162,7 +164,9 @@ impl Upstream {
         match tokio::time::timeout(self.timeout, self.client.request(req)).await {
             Err(_) => Err(UpstreamError::Timeout),
             Ok(Err(e)) => {
-                if is_timeout(&e) {
+                if caused_by::<http_body_util::LengthLimitError>(&e) {
+                    Err(UpstreamError::BodyTooLarge)
+                } else if is_timeout(&e) {
                     Err(UpstreamError::Timeout)
                 } else {
                     Err(UpstreamError::Unavailable(e.to_string()))
@@ -171,6 +175,18 @@ impl Upstream {
             Ok(Ok(resp)) => Ok(resp),
         }
     }
+}
+
+/// Whether `E` is anywhere in the source chain of `e`.
+fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<E>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {

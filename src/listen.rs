@@ -87,6 +87,7 @@ pub async fn serve<H: Handler>(
             _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
+        let head_deadline = limits.header_read_timeout.0;
         let handler = handler.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
@@ -95,6 +96,11 @@ pub async fn serve<H: Handler>(
         let handshake_timeout = limits.header_read_timeout.0;
         tokio::spawn(async move {
             match (tls_wanted, acceptor) {
+                // hyper-util reads the first bytes to tell HTTP/1.1 from h2c with no
+                // deadline, and hyper's header-read timer only starts after that: a client
+                // that connects and sends nothing (or part of the h2 preface) would hold
+                // its permit forever.
+                (false, _) if !protocol_known(&stream, head_deadline).await => {}
                 (false, _) => {
                     connection(
                         &builder,
@@ -157,6 +163,31 @@ async fn connection<H, I>(
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(error = %e, "connection ended with an error");
     }
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether enough bytes arrived within `deadline` to tell HTTP/1.1 from h2c: the first
+/// byte that differs from the h2 preface, or the whole preface. False when the peer
+/// closed or stalled.
+async fn protocol_known(stream: &tokio::net::TcpStream, deadline: Duration) -> bool {
+    let wait = async {
+        let mut buf = [0u8; 24];
+        loop {
+            let n = match stream.peek(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => n,
+            };
+            let seen = buf.get(..n).unwrap_or_default();
+            if n == buf.len() || !H2_PREFACE.starts_with(seen) {
+                return true;
+            }
+            // A partial preface: peek returns at once while no new byte came, so poll gently.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(deadline, wait).await.unwrap_or(false)
 }
 
 /// Resolves when SIGTERM or SIGINT arrives.

@@ -244,6 +244,14 @@ impl Gateway {
         let grant = self
             .authenticate(&parts.headers, query.as_deref(), rec)
             .await?;
+        // A body announced larger than the limit is refused before anything is read or sent
+        // (hyper has already refused ambiguous or malformed Content-Length framing).
+        if http_body::Body::size_hint(&incoming)
+            .exact()
+            .is_some_and(|n| n > self.max_body_bytes)
+        {
+            return Err(body_too_large());
+        }
         // Policies (one version for the whole request): ceilings narrow the grant first.
         let policies = self.policy.current();
         let grant = policies.ceiling(grant, &mut rec.policy);
@@ -1460,6 +1468,7 @@ fn upstream_error(e: UpstreamError) -> Early {
             )
             .decision("error", "upstream-unavailable")
         }
+        UpstreamError::BodyTooLarge => body_too_large(),
         UpstreamError::BadRequest(why) => Early::new(
             StatusCode::BAD_REQUEST,
             "invalid",
@@ -1467,6 +1476,15 @@ fn upstream_error(e: UpstreamError) -> Early {
         )
         .decision("invalid", "upstream-request"),
     }
+}
+
+fn body_too_large() -> Early {
+    Early::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too-costly",
+        "the request body is larger than this server accepts",
+    )
+    .decision("invalid", "body-too-large")
 }
 
 /// `X-Request-Id` from the client when it is a sane token, else a fresh random one.

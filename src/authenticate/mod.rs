@@ -267,5 +267,49 @@ impl Authenticator {
     }
 }
 
+/// Entry points for the fuzz targets in `fuzz/`: the token parsing an unauthenticated caller
+/// reaches before any signature check. Not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use serde_json::{Map, Value};
+
+    use jsonwebtoken::Algorithm;
+
+    use super::{ClaimsMapping, TokenKind, bearer, jwks, jwt};
+
+    /// Runs every pure parser on untrusted token material: the `Authorization` header
+    /// shape check, the unverified issuer peek and header decoding (ours and
+    /// jsonwebtoken's), a JWKS document, and the claims mapping (default names and JSON
+    /// Pointer names). Returns whether the claims became a grant.
+    pub fn token(authorization: &[u8], claims: &[u8], jwks_doc: &[u8]) -> bool {
+        let mut headers = http::HeaderMap::new();
+        if let Ok(v) = http::HeaderValue::from_bytes(authorization) {
+            headers.insert(http::header::AUTHORIZATION, v);
+        }
+        if let Ok(token) = bearer(&headers, None) {
+            let _ = jwt::peek_issuer(token);
+            let _ = jsonwebtoken::decode_header(token);
+        }
+        let allow = [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA];
+        let _ = jwks::KeySet::parse(jwks_doc, &allow);
+        let Ok(claims) = serde_json::from_slice::<Map<String, Value>>(claims) else {
+            return false;
+        };
+        let pointers = ClaimsMapping {
+            scope: vec!["/realm_access/roles".into(), "scp".into()],
+            patient: vec!["/ctx/patient".into(), "/a~1b/c~0d".into()],
+            ..ClaimsMapping::default()
+        };
+        let _ = super::claims::grant_from_claims(&claims, &pointers, TokenKind::Jwt, [0; 32]);
+        super::claims::grant_from_claims(
+            &claims,
+            &ClaimsMapping::default(),
+            TokenKind::Jwt,
+            [0; 32],
+        )
+        .is_ok()
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -3,6 +3,7 @@
 //! minted by the real authorization server, and smartgate itself run as its binary.
 #![allow(dead_code)]
 
+pub mod faulty;
 pub mod http;
 pub mod keys;
 pub mod server;
