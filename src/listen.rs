@@ -93,7 +93,6 @@ pub async fn serve<H: Handler>(
         let watcher = graceful.watcher();
         let acceptor = tls.as_ref().and_then(|t| t.acceptor());
         let tls_wanted = tls.is_some();
-        let handshake_timeout = limits.header_read_timeout.0;
         tokio::spawn(async move {
             match (tls_wanted, acceptor) {
                 // hyper-util reads the first bytes to tell HTTP/1.1 from h2c with no
@@ -114,7 +113,7 @@ pub async fn serve<H: Handler>(
                 }
                 (true, None) => tracing::warn!("no TLS configuration available; connection closed"),
                 (true, Some(acceptor)) => {
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    match tokio::time::timeout(head_deadline, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             connection(&builder, watcher, TokioIo::new(tls), handler, peer, true)
                                 .await
