@@ -10,11 +10,6 @@ use smartgate::authorize::Rules;
 use smartgate::config::{Config, ConfigError};
 use smartgate::policy::{self, PolicySet, cases};
 
-/// mimalloc: the request path allocates many small, short-lived buffers on two threads;
-/// glibc malloc showed up as ~17% of CPU in the load benchmark's profile.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// smartgate: SMART on FHIR authorization in front of a FHIR server that has none.
 ///
 /// Every request needs a bearer token (JWT checked against the issuer's JWKS, or an
