@@ -280,15 +280,34 @@ pub fn check_single(
     ctx: &FilterContext,
 ) -> Result<Visibility, FilterError> {
     let text = std::str::from_utf8(body).map_err(|_| FilterError::NotUtf8)?;
-    let resource = json::strict_value(text)?;
-    let rtype = resource
-        .get("resourceType")
-        .and_then(Value::as_str)
-        .ok_or(FilterError::WrongType)?;
+    let resource = json::fields(text)?;
+    let rtype = resource.get("resourceType").ok_or(FilterError::WrongType)?;
+    let rtype = string_of(rtype, "resourceType")?;
     if expected.is_some_and(|t| t.name() != rtype) {
         return Err(FilterError::WrongType);
     }
-    Ok(check_resource(&resource, view, grant, ctx))
+    let Some(rtype) = ResourceType::parse(&rtype) else {
+        return Ok(Visibility::Hidden("unknown-type"));
+    };
+    let plan = KeyPlan::new(rtype, view, grant, ctx);
+    Ok(check_resource(
+        &reduced(&resource, &plan)?,
+        view,
+        grant,
+        ctx,
+    ))
+}
+
+/// The resource with only the elements the decision reads parsed (strictly: duplicate
+/// keys there are errors); the rest stays unparsed text that is never looked at.
+fn reduced(resource: &json::Fields<'_>, plan: &KeyPlan) -> Result<Value, FilterError> {
+    let mut reduced = serde_json::Map::new();
+    for (key, value) in &resource.0 {
+        if plan.reads(key) {
+            reduced.insert(key.as_ref().to_owned(), json::strict_value(value.get())?);
+        }
+    }
+    Ok(Value::Object(reduced))
 }
 
 /// Paging relations whose URLs the caller binds to the token.
@@ -528,13 +547,7 @@ fn entry_visible(
     let Some(plan) = plans.get(plan) else {
         return Ok(false);
     };
-    let mut reduced = serde_json::Map::new();
-    for (key, value) in &resource.0 {
-        if plan.reads(key) {
-            reduced.insert(key.as_ref().to_owned(), json::strict_value(value.get())?);
-        }
-    }
-    Ok(check_resource(&Value::Object(reduced), view, grant, ctx) == Visibility::Visible)
+    Ok(check_resource(&reduced(&resource, plan)?, view, grant, ctx) == Visibility::Visible)
 }
 
 /// An entry without a resource: see the module docs.
