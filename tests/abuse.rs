@@ -489,9 +489,11 @@ async fn http2_stream_limits_and_rapid_reset() {
     }
     let ended = tokio::time::timeout(Duration::from_secs(5), conn_task).await;
     eprintln!("rapid reset: {sent} streams reset, connection: {ended:?}");
-    // hyper's h2 answers a reset flood with GOAWAY ENHANCE_YOUR_CALM (after ~2600 here).
+    // hyper's h2 answers a reset flood with GOAWAY ENHANCE_YOUR_CALM (after ~2600 here);
+    // depending on timing the client sees that GOAWAY or the closed socket behind it.
     assert!(
-        matches!(&ended, Ok(Ok(Err(e))) if e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM)),
+        matches!(&ended, Ok(Ok(Err(e)))
+            if e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || e.is_io()),
         "{sent} resets did not end the connection: {ended:?}"
     );
     let proxy = tokio::task::spawn_blocking(move || {
