@@ -71,7 +71,9 @@ fn refers_to(value: &str, a: &str, bare_ok: bool) -> bool {
 
 /// Checks every parameter that names a patient (must name only `a`, once, plainly) and,
 /// when `pin`, adds the narrowing parameter of `types` unless a subject parameter already
-/// selects `a`. Returns whether parameters were added.
+/// selects `a`. An absolute URL of `a` is rewritten to `Patient/a`: servers match
+/// references by their stored (relative) form, so the URL would select nothing. Returns
+/// whether parameters were added or rewritten.
 pub(super) fn compartment(
     params: &mut Vec<SearchParam>,
     types: &[ResourceType],
@@ -99,8 +101,19 @@ pub(super) fn compartment(
         }
         naming = Some(p);
     }
+    let mut rewritten = false;
+    for p in params.iter_mut() {
+        let absolute = p.value.starts_with("http://") || p.value.starts_with("https://");
+        if absolute && p.name != "_id" && types.iter().any(|t| names_patient(*t, &p.name)) {
+            p.value = format!("Patient/{a}");
+            rewritten = true;
+        }
+    }
+    let naming = params
+        .iter()
+        .find(|p| types.iter().any(|t| names_patient(*t, &p.name)));
     if !pin {
-        return Ok(false);
+        return Ok(rewritten);
     }
     let mut np: Option<&'static str> = None;
     for t in types {
@@ -112,7 +125,7 @@ pub(super) fn compartment(
     }
     let np = np.ok_or("this search cannot be confined to the patient")?;
     if naming.is_some_and(|p| types.iter().all(|t| selects_subject(*t, &p.name))) {
-        return Ok(false);
+        return Ok(rewritten);
     }
     let value = if np == "_id" {
         a.to_owned()
