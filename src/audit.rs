@@ -32,10 +32,10 @@ pub struct Record {
     pub path: String,
     /// Classified interaction.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub interaction: Option<String>,
+    pub interaction: Option<&'static str>,
     /// Resource type.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub resource_type: Option<String>,
+    pub resource_type: Option<&'static str>,
     /// `allow`, `narrow`, `filter`, `deny`, `unauthenticated`, `invalid`, `error`, `public`.
     pub decision: &'static str,
     /// Machine-readable reason code.

@@ -156,12 +156,8 @@ impl Handler for Gateway {
             .requests
             .get_or_create(&RequestLabels {
                 decision: rec.decision,
-                interaction: rec.interaction.as_deref().map_or("none", interaction_label),
-                resource_type: rec
-                    .resource_type
-                    .as_deref()
-                    .and_then(crate::fhir::ResourceType::parse)
-                    .map_or("none", |t| t.name()),
+                interaction: rec.interaction.unwrap_or("none"),
+                resource_type: rec.resource_type.unwrap_or("none"),
                 status_class: status_class(rec.status),
             })
             .inc();
@@ -276,8 +272,8 @@ impl Gateway {
             body: bytes.as_deref(),
         };
         let fhir = classify::classify(&raw).map_err(|e| classify_error(e, rec))?;
-        rec.interaction = Some(interaction_name(fhir.interaction).to_owned());
-        rec.resource_type = fhir.resource_type.map(|t| t.name().to_owned());
+        rec.interaction = Some(interaction_name(fhir.interaction));
+        rec.resource_type = fhir.resource_type.map(|t| t.name());
 
         if matches!(
             fhir.interaction,
@@ -379,7 +375,7 @@ impl Gateway {
         if get && rel == "metadata" {
             rec.decision = "public";
             rec.reason = "capabilities".into();
-            rec.interaction = Some("capabilities".into());
+            rec.interaction = Some(interaction_name(Interaction::Capabilities));
             let body = self.metadata(headers, client, request_id, rec).await?;
             let mut resp = Response::new(body::full(body));
             resp.headers_mut().insert(
@@ -1553,32 +1549,6 @@ pub fn interaction_name(i: Interaction) -> &'static str {
         Interaction::ConditionalPatch => "conditional-patch",
         Interaction::ConditionalDelete => "conditional-delete",
     }
-}
-
-fn interaction_label(name: &str) -> &'static str {
-    const ALL: &[&str] = &[
-        "read",
-        "vread",
-        "update",
-        "patch",
-        "delete",
-        "create",
-        "search-type",
-        "search-system",
-        "search-compartment",
-        "history-instance",
-        "history-type",
-        "history-system",
-        "capabilities",
-        "batch",
-        "transaction",
-        "operation",
-        "conditional-create",
-        "conditional-update",
-        "conditional-patch",
-        "conditional-delete",
-    ];
-    ALL.iter().find(|n| **n == name).copied().unwrap_or("other")
 }
 
 #[cfg(test)]
