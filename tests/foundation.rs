@@ -6,72 +6,18 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use common::{Proxy, bed, http};
+use common::{Proxy, bed, faulty, http};
 
-/// A one-purpose HTTP/1.1 upstream: reads each request head (and body by Content-Length),
-/// then answers with `respond(head, body_len)` after `delay`.
-fn fake_upstream(delay: Duration, respond: fn(&str, usize) -> String) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                loop {
-                    let mut head = String::new();
-                    loop {
-                        let mut line = String::new();
-                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if line == "\r\n" {
-                            break;
-                        }
-                        head.push_str(&line);
-                    }
-                    let len = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    let mut remaining = len;
-                    let mut buf = vec![0u8; 64 * 1024];
-                    while remaining > 0 {
-                        let n = reader
-                            .read(&mut buf[..remaining.min(64 * 1024)])
-                            .unwrap_or(0);
-                        if n == 0 {
-                            return;
-                        }
-                        remaining -= n;
-                    }
-                    std::thread::sleep(delay);
-                    let body = respond(&head, len);
-                    let resp = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let mut w = &stream;
-                    if w.write_all(resp.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    format!("http://{addr}")
-}
-
-fn echo_head(head: &str, len: usize) -> String {
-    serde_json::json!({"resourceType": "Basic", "head": head, "received": len}).to_string()
+/// An upstream (the shared scripted server) that answers every request after `delay`
+/// with what it received: the request head and the number of body bytes.
+fn fake_upstream(delay: Duration) -> String {
+    faulty::start(move |req| {
+        let body = serde_json::json!({"resourceType": "Basic", "head": req.head, "received": req.body.len()});
+        faulty::Reply::json(200, body.to_string()).after(delay)
+    })
+    .url
 }
 
 fn rss_kb(pid: u32, field: &str) -> u64 {
@@ -86,7 +32,7 @@ fn rss_kb(pid: u32, field: &str) -> u64 {
 
 #[test]
 fn a_large_body_streams_through_with_flat_memory() {
-    let upstream = fake_upstream(Duration::ZERO, echo_head);
+    let upstream = fake_upstream(Duration::ZERO);
     let proxy = Proxy::start_with(
         "limits:\n  max_inspect_bytes: 1048576\n",
         Some(&upstream),
@@ -126,7 +72,7 @@ fn a_large_body_streams_through_with_flat_memory() {
 
 #[test]
 fn base_path_is_mapped_and_headers_are_cleaned() {
-    let upstream = fake_upstream(Duration::ZERO, echo_head);
+    let upstream = fake_upstream(Duration::ZERO);
     let proxy = Proxy::start_with("", Some(&format!("{upstream}/base/r4")), None);
     let token = proxy.token("user/Patient.rs", None);
     let resp = proxy.req(
@@ -215,7 +161,7 @@ fn upstream_down_is_502_and_slow_is_504_as_operation_outcomes() {
     assert_eq!(resp.status, 502, "{}", resp.text());
     assert_eq!(resp.json()["resourceType"], "OperationOutcome");
 
-    let slow = fake_upstream(Duration::from_secs(4), echo_head);
+    let slow = fake_upstream(Duration::from_secs(4));
     let proxy = Proxy::start_with_timeout(&slow, "1s");
     let started = Instant::now();
     let resp = proxy.get("Patient/pt-01", &proxy.token("user/Patient.rs", None));
@@ -230,7 +176,7 @@ fn upstream_down_is_502_and_slow_is_504_as_operation_outcomes() {
 
 #[test]
 fn sigterm_drains_an_in_flight_request_then_exits_zero() {
-    let slow = fake_upstream(Duration::from_millis(1500), echo_head);
+    let slow = fake_upstream(Duration::from_millis(1500));
     let proxy = Proxy::start_with("", Some(&slow), None);
     let token = proxy.token("user/Patient.rs", None);
     let addr = proxy.addr.clone();

@@ -11,15 +11,13 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Proxy, Resp, TokenReq, bed, http};
+use common::{Proxy, Resp, TokenReq, bed, faulty, http};
 use serde_json::{Value, json};
 
 const SCOPES: &str = "launch/patient patient/Patient.rs patient/Observation.rs";
@@ -135,51 +133,12 @@ fn check_lists_every_discovery_problem() {
     );
 }
 
-/// A threaded HTTP/1.1 upstream answering `route(path) -> (status, body)`; it records every
-/// request head it receives.
-struct FakeUpstream {
-    base: String,
-    heads: Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-fn fake_upstream(route: fn(&str) -> (u16, String)) -> FakeUpstream {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen = heads.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
-            let seen = seen.clone();
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                loop {
-                    let mut head = String::new();
-                    loop {
-                        let mut line = String::new();
-                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if line == "\r\n" {
-                            break;
-                        }
-                        head.push_str(&line);
-                    }
-                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
-                    seen.lock().unwrap().push(head);
-                    let (status, body) = route(&path);
-                    let resp = format!(
-                        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nAccess-Control-Allow-Origin: *\r\nContent-Length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    if (&stream).write_all(resp.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    FakeUpstream { base, heads }
+/// An upstream answering `route(path) -> (status, body)` (the shared scripted server).
+fn fake_upstream(route: fn(&str) -> (u16, String)) -> faulty::Faulty {
+    faulty::start(move |req| {
+        let (status, body) = route(&req.target);
+        faulty::Reply::json(status, body).with_header("Access-Control-Allow-Origin", "*")
+    })
 }
 
 fn capability_upstream(path: &str) -> (u16, String) {
@@ -220,7 +179,7 @@ fn merge_mode_lays_ours_over_the_upstream_document_and_prunes_metadata() {
         "smart:\n  mode: merge\n  token_endpoint: {}\nmetadata:\n  prune: true\n  cache_ttl: 1h\n",
         bed().var("AS_TOKEN")
     );
-    let p = Proxy::start_with(&extra, Some(&up.base), None);
+    let p = Proxy::start_with(&extra, Some(&up.url), None);
     let doc = public(&p, ".well-known/smart-configuration", &[]).json();
     assert_eq!(doc["token_endpoint"], bed().var("AS_TOKEN"), "ours wins");
     assert_eq!(
@@ -261,7 +220,7 @@ fn merge_mode_lays_ours_over_the_upstream_document_and_prunes_metadata() {
         "{uris}"
     );
     // Both documents are cached: further requests do not reach the upstream.
-    let before = up.heads.lock().unwrap().len();
+    let before = up.hits();
     for _ in 0..3 {
         assert_eq!(public(&p, "metadata", &[]).status, 200);
         assert_eq!(
@@ -269,7 +228,7 @@ fn merge_mode_lays_ours_over_the_upstream_document_and_prunes_metadata() {
             200
         );
     }
-    assert_eq!(up.heads.lock().unwrap().len(), before);
+    assert_eq!(up.hits(), before);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -630,7 +589,7 @@ fn inbound_tls_serves_h2_and_rotates_the_certificate_while_running() {
         "tls:\n  cert_file: {d}/server.pem\n  key_file: {d}/server.key\n  reload_interval: 200ms\nmetadata:\n  cache_ttl: 0s\n",
         d = dir.display()
     );
-    let p = Proxy::start_with(&extra, Some(&up.base), None);
+    let p = Proxy::start_with(&extra, Some(&up.url), None);
     let ca = dir.join("ca.pem");
 
     let (leaf, alpn) = handshake(&p.addr, &ca, &[b"h2", b"http/1.1"]).unwrap();
@@ -648,7 +607,15 @@ fn inbound_tls_serves_h2_and_rotates_the_certificate_while_running() {
     // Plain HTTP on the TLS port gets no answer.
     assert!(http::send(&p.addr, "GET", "/fhir/metadata", &[], b"").is_err());
     // The upstream is told the client used https.
-    let heads = up.heads.lock().unwrap().join("\n").to_ascii_lowercase();
+    let heads = up
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.head.as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
+        .to_ascii_lowercase();
     assert!(heads.contains("x-forwarded-proto: https"), "{heads}");
 
     // Rotate: a key file that does not match is refused and the old certificate stays.
@@ -701,7 +668,7 @@ fn inbound_tls_can_require_client_certificates() {
         "tls:\n  cert_file: {d}/server.pem\n  key_file: {d}/server.key\n  client_ca_file: {d}/clients.pem\n  min_version: \"1.3\"\n",
         d = dir.display()
     );
-    let p = Proxy::start_with(&extra, Some(&up.base), None);
+    let p = Proxy::start_with(&extra, Some(&up.url), None);
     let url = format!("https://{}/fhir/metadata", p.addr);
     let ca = dir.join("ca.pem");
     let ca = ca.to_str().unwrap();
