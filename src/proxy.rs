@@ -272,7 +272,7 @@ impl Gateway {
             body: bytes.as_deref(),
         };
         let fhir = classify::classify(&raw).map_err(|e| classify_error(e, rec))?;
-        rec.interaction = Some(interaction_name(fhir.interaction));
+        rec.interaction = Some(fhir.interaction.name());
         rec.resource_type = fhir.resource_type.map(|t| t.name());
 
         if matches!(
@@ -375,7 +375,7 @@ impl Gateway {
         if get && rel == "metadata" {
             rec.decision = "public";
             rec.reason = "capabilities".into();
-            rec.interaction = Some(interaction_name(Interaction::Capabilities));
+            rec.interaction = Some(Interaction::Capabilities.name());
             let body = self.metadata(headers, client, request_id, rec).await?;
             let mut resp = Response::new(body::full(body));
             resp.headers_mut().insert(
@@ -1523,32 +1523,6 @@ fn now_rfc3339() -> String {
         rem % 60,
         now.subsec_millis()
     )
-}
-
-/// The audit name of an interaction (also the metrics label: a closed set).
-pub fn interaction_name(i: Interaction) -> &'static str {
-    match i {
-        Interaction::Read => "read",
-        Interaction::Vread => "vread",
-        Interaction::Update => "update",
-        Interaction::Patch => "patch",
-        Interaction::Delete => "delete",
-        Interaction::Create => "create",
-        Interaction::SearchType => "search-type",
-        Interaction::SearchSystem => "search-system",
-        Interaction::SearchCompartment => "search-compartment",
-        Interaction::HistoryInstance => "history-instance",
-        Interaction::HistoryType => "history-type",
-        Interaction::HistorySystem => "history-system",
-        Interaction::Capabilities => "capabilities",
-        Interaction::Batch => "batch",
-        Interaction::Transaction => "transaction",
-        Interaction::Operation => "operation",
-        Interaction::ConditionalCreate => "conditional-create",
-        Interaction::ConditionalUpdate => "conditional-update",
-        Interaction::ConditionalPatch => "conditional-patch",
-        Interaction::ConditionalDelete => "conditional-delete",
-    }
 }
 
 #[cfg(test)]

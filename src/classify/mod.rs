@@ -72,6 +72,35 @@ pub enum Interaction {
     ConditionalDelete,
 }
 
+impl Interaction {
+    /// The interaction's name in audit lines, metrics labels and policy files (a closed
+    /// set, so it is safe as a metrics label).
+    pub fn name(self) -> &'static str {
+        match self {
+            Interaction::Read => "read",
+            Interaction::Vread => "vread",
+            Interaction::Update => "update",
+            Interaction::Patch => "patch",
+            Interaction::Delete => "delete",
+            Interaction::Create => "create",
+            Interaction::SearchType => "search-type",
+            Interaction::SearchSystem => "search-system",
+            Interaction::SearchCompartment => "search-compartment",
+            Interaction::HistoryInstance => "history-instance",
+            Interaction::HistoryType => "history-type",
+            Interaction::HistorySystem => "history-system",
+            Interaction::Capabilities => "capabilities",
+            Interaction::Batch => "batch",
+            Interaction::Transaction => "transaction",
+            Interaction::Operation => "operation",
+            Interaction::ConditionalCreate => "conditional-create",
+            Interaction::ConditionalUpdate => "conditional-update",
+            Interaction::ConditionalPatch => "conditional-patch",
+            Interaction::ConditionalDelete => "conditional-delete",
+        }
+    }
+}
+
 /// At which level an operation was invoked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum OperationLevel {

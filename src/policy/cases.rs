@@ -131,7 +131,7 @@ impl fmt::Display for Explanation {
         writeln!(
             f,
             "request:  {} {}",
-            crate::proxy::interaction_name(r.interaction),
+            r.interaction.name(),
             r.resource_type.map_or("(no type)", |t| t.name())
         )?;
         writeln!(

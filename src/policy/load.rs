@@ -291,7 +291,7 @@ fn interactions_named(name: &str) -> Vec<Interaction> {
         INTERACTIONS
             .iter()
             .copied()
-            .filter(|i| crate::proxy::interaction_name(*i).starts_with(prefix))
+            .filter(|i| i.name().starts_with(prefix))
             .collect::<Vec<_>>()
     };
     match name {
@@ -300,7 +300,7 @@ fn interactions_named(name: &str) -> Vec<Interaction> {
         _ => INTERACTIONS
             .iter()
             .copied()
-            .filter(|i| crate::proxy::interaction_name(*i) == name)
+            .filter(|i| i.name() == name)
             .collect(),
     }
 }
