@@ -64,26 +64,37 @@ pub struct Record {
 }
 
 /// Where audit lines go.
+///
+/// Every line is one `write(2)` on a descriptor of our own, with no lock in the process:
+/// appends to a regular file are atomic, and so are pipe writes of at most `PIPE_BUF`
+/// bytes; only longer lines (rare: very long paths) are serialised by a mutex so that two
+/// workers' lines never interleave on a pipe.
 pub struct AuditLog {
-    out: Mutex<Box<dyn Write + Send>>,
+    sink: std::fs::File,
+    long_lines: Mutex<()>,
     /// Whether query values may be logged.
     pub log_query_values: bool,
 }
 
+/// Writes up to this size are atomic on a Linux pipe.
+const PIPE_BUF: usize = 4096;
+
 impl AuditLog {
     /// `output`: `None`/`"stdout"` or a file path (appended).
     pub fn open(output: Option<&str>, log_query_values: bool) -> std::io::Result<AuditLog> {
-        let out: Box<dyn Write + Send> = match output {
-            None | Some("stdout") | Some("-") => Box::new(std::io::stdout()),
-            Some(path) => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)?,
-            ),
+        let sink = match output {
+            None | Some("stdout") | Some("-") => {
+                use std::os::fd::AsFd;
+                std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?)
+            }
+            Some(path) => std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?,
         };
         Ok(AuditLog {
-            out: Mutex::new(out),
+            sink,
+            long_lines: Mutex::new(()),
             log_query_values,
         })
     }
@@ -91,13 +102,19 @@ impl AuditLog {
     /// Writes one line. A failing audit sink is reported on stderr, never fatal to the
     /// request that has already been answered.
     pub fn write(&self, record: &Record) {
-        let Ok(mut line) = serde_json::to_vec(record) else {
+        let mut line = Vec::with_capacity(512);
+        if serde_json::to_writer(&mut line, record).is_err() {
             return;
-        };
+        }
         line.push(b'\n');
-        if let Ok(mut out) = self.out.lock()
-            && let Err(e) = out.write_all(&line)
-        {
+        let written = match line.len() <= PIPE_BUF {
+            true => (&self.sink).write_all(&line),
+            false => {
+                let _one_at_a_time = self.long_lines.lock();
+                (&self.sink).write_all(&line)
+            }
+        };
+        if let Err(e) = written {
             tracing::error!(error = %e, "audit write failed");
         }
     }

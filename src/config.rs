@@ -40,6 +40,11 @@ pub struct Config {
     /// Binding of paging links to the token that started the search.
     #[serde(default)]
     pub paging: PagingConfig,
+    /// Worker threads serving the public listener, each with its own event loop, socket
+    /// (`SO_REUSEPORT`) and upstream connection pool. `0` (default): one per CPU available
+    /// to the process (cgroup quota included).
+    #[serde(default)]
+    pub workers: usize,
     /// Resource limits of the public listener.
     #[serde(default)]
     pub limits: Limits,
@@ -211,6 +216,10 @@ pub struct Limits {
     pub header_read_timeout: HumanDuration,
     /// HTTP/2 concurrent streams per connection.
     pub max_concurrent_streams: u32,
+    /// A connection with no request in flight and none started for this long is closed
+    /// gracefully (HTTP/2 GOAWAY). HTTP/1.1 keep-alive idleness is already bounded by
+    /// `header_read_timeout`.
+    pub idle_timeout: HumanDuration,
 }
 
 impl Default for Limits {
@@ -222,6 +231,7 @@ impl Default for Limits {
             max_connections: 4096,
             header_read_timeout: HumanDuration(std::time::Duration::from_secs(10)),
             max_concurrent_streams: 128,
+            idle_timeout: HumanDuration(std::time::Duration::from_secs(60)),
         }
     }
 }
@@ -356,6 +366,15 @@ impl Config {
                 "limits.max_connections".into(),
                 "must be at most 10000000".into(),
             ));
+        }
+        if self.workers > 1024 {
+            out.push((
+                "workers".into(),
+                "must be at most 1024 (0: one per CPU)".into(),
+            ));
+        }
+        if self.limits.idle_timeout.0.is_zero() {
+            out.push(("limits.idle_timeout".into(), "must be more than 0s".into()));
         }
         for (key, problem) in self.auth.validate() {
             out.push((format!("auth.{key}"), problem));

@@ -3,7 +3,10 @@
 //! Kept tiny and allocation-free because the classifier, the scope parser and the
 //! response filter all call into it on the request path.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::LazyLock;
 
 /// Every R4 (4.0.1) resource type name, sorted so that [`ResourceType::parse`] can
 /// binary-search it. Case-sensitive on purpose: `patient` is not `Patient`.
@@ -156,6 +159,37 @@ const NAMES: [&str; 146] = [
     "VisionPrescription",
 ];
 
+/// Every name with its type (built once).
+static BY_NAME: LazyLock<HashMap<&str, ResourceType, BuildHasherDefault<Fnv1a>>> =
+    LazyLock::new(|| {
+        (0..NAMES.len())
+            .filter_map(|i| Some((*NAMES.get(i)?, ResourceType(u8::try_from(i).ok()?))))
+            .collect()
+    });
+
+/// FNV-1a: a fast hash for short, trusted-size keys (these names; no flooding risk, the
+/// table is fixed).
+#[derive(Default)]
+struct Fnv1a(u64);
+
+impl Hasher for Fnv1a {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
 /// An R4 resource type, stored as an index into the sorted list of names.
 ///
 /// Invariant: the index is always in bounds, because the only constructor is
@@ -164,13 +198,10 @@ const NAMES: [&str; 146] = [
 pub struct ResourceType(u8);
 
 impl ResourceType {
-    /// Looks up an exact, case-sensitive R4 resource type name.
+    /// Looks up an exact, case-sensitive R4 resource type name. Hashed: the response
+    /// filter asks this several times per Bundle entry.
     pub fn parse(name: &str) -> Option<Self> {
-        NAMES
-            .binary_search(&name)
-            .ok()
-            .and_then(|i| u8::try_from(i).ok())
-            .map(ResourceType)
+        BY_NAME.get(name).copied()
     }
 
     /// The canonical name, as it appears in URLs and in `resourceType`.

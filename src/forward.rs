@@ -12,6 +12,7 @@ use http::{Method, Request, Response, Uri, Version};
 
 use crate::body::ProxyBody;
 use crate::config::BaseUrl;
+use crate::listen::PerWorker;
 use crate::net::HttpClient;
 
 /// Headers that describe one hop, never the message (RFC 9110 §7.6.1), plus the ones
@@ -64,10 +65,11 @@ pub struct ClientInfo {
     pub host: Option<HeaderValue>,
 }
 
-/// The upstream FHIR server: its base, the pooled client, and the credentials to present.
+/// The upstream FHIR server: its base, the pooled clients, and the credentials to present.
 pub struct Upstream {
     base: BaseUrl,
-    client: HttpClient,
+    /// One pool per worker, so a request and the upstream connection it uses share a thread.
+    clients: PerWorker<HttpClient>,
     timeout: Duration,
     credentials: Option<HeaderValue>,
 }
@@ -89,13 +91,13 @@ impl Upstream {
     /// `credentials` is a complete `Authorization` value from `upstream.auth`, if any.
     pub fn new(
         base: BaseUrl,
-        client: HttpClient,
+        clients: PerWorker<HttpClient>,
         timeout: Duration,
         credentials: Option<HeaderValue>,
     ) -> Self {
         Upstream {
             base,
-            client,
+            clients,
             timeout,
             credentials,
         }
@@ -161,7 +163,7 @@ impl Upstream {
         &self,
         req: Request<ProxyBody>,
     ) -> Result<Response<hyper::body::Incoming>, UpstreamError> {
-        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+        match tokio::time::timeout(self.timeout, self.clients.current().request(req)).await {
             Err(_) => Err(UpstreamError::Timeout),
             Ok(Err(e)) => {
                 if caused_by::<http_body_util::LengthLimitError>(&e) {

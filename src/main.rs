@@ -272,7 +272,9 @@ fn main() -> ExitCode {
                 }
             };
             init_logging();
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
+            // The control plane (admin port, key refresh, policy and certificate reloads,
+            // signals) runs on this thread; requests run on the worker threads (`listen`).
+            let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
             {

@@ -15,6 +15,8 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+
+use crate::listen::PerWorker;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
@@ -145,6 +147,12 @@ pub fn tls_config(opts: &ClientOptions) -> Result<ClientConfig, NetError> {
 
 /// Builds the pooled client. TLS is negotiated per URL scheme; ALPN offers h2 and http/1.1.
 pub fn client(opts: &ClientOptions) -> Result<HttpClient, NetError> {
+    Ok(clients(opts, 0)?.current().clone())
+}
+
+/// One client with its own connection pool per worker thread (and one for other threads),
+/// sharing one TLS configuration.
+pub fn clients(opts: &ClientOptions, workers: usize) -> Result<PerWorker<HttpClient>, NetError> {
     let tls = tls_config(opts)?;
     let mut http = HttpConnector::new();
     http.enforce_http(false);
@@ -156,9 +164,11 @@ pub fn client(opts: &ClientOptions) -> Result<HttpClient, NetError> {
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(opts.pool_idle_timeout)
-        .build(https))
+    Ok(PerWorker::new(workers, || {
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(opts.pool_idle_timeout)
+            .build(https.clone())
+    }))
 }
 
 /// Sends `req` and reads the whole response body (at most `max_body` bytes), all within

@@ -1493,10 +1493,35 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
     {
         return v.clone();
     }
-    let mut raw = [0u8; 16];
+    fresh_request_id()
+}
+
+thread_local! {
+    /// This thread's random id prefix and request counter.
+    static IDS: std::cell::Cell<(u64, u64)> = std::cell::Cell::new((random_u64(), 0));
+}
+
+fn random_u64() -> u64 {
+    let mut raw = [0u8; 8];
     let _ = aws_lc_rs::rand::fill(&mut raw);
-    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    HeaderValue::from_str(&hex).unwrap_or(HeaderValue::from_static("0"))
+    u64::from_le_bytes(raw)
+}
+
+/// 32 hex digits: a random per-thread prefix and a counter, unique across threads and
+/// replicas without a random draw (or a shared counter) per request.
+fn fresh_request_id() -> HeaderValue {
+    let (prefix, n) = IDS.with(|ids| {
+        let (prefix, n) = ids.get();
+        ids.set((prefix, n.wrapping_add(1)));
+        (prefix, n)
+    });
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 32];
+    let digits = prefix.to_be_bytes().into_iter().chain(n.to_be_bytes());
+    for (pair, byte) in out.chunks_exact_mut(2).zip(digits) {
+        pair.copy_from_slice(&[HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 15)]]);
+    }
+    HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("0"))
 }
 
 /// Seconds since the epoch as RFC 3339 UTC (no calendar crate needed).
@@ -1542,6 +1567,14 @@ mod tests {
         h.insert("x-request-id", HeaderValue::from_static("abc-123"));
         assert_eq!(request_id(&h), "abc-123");
         h.insert("x-request-id", HeaderValue::from_static("bad id\"x"));
-        assert_eq!(request_id(&h).len(), 32);
+        let (a, b) = (request_id(&h), request_id(&h));
+        assert_eq!(a.len(), 32);
+        assert!(a.as_bytes().iter().all(u8::is_ascii_hexdigit), "{a:?}");
+        assert_ne!(a, b, "every generated id is new");
+        assert_eq!(
+            a.as_bytes()[..16],
+            b.as_bytes()[..16],
+            "one prefix per thread"
+        );
     }
 }

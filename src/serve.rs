@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use crate::admin::Admin;
 use crate::audit::AuditLog;
@@ -16,7 +16,7 @@ use crate::cors::Cors;
 use crate::discovery::Discovery;
 use crate::filter::FilterContext;
 use crate::forward::Upstream;
-use crate::listen;
+use crate::listen::{self, ServeOptions};
 use crate::metadata::TtlCache;
 use crate::metrics::Metrics;
 use crate::paging::PagingKey;
@@ -30,6 +30,8 @@ pub enum StartError {
     Config(String),
     /// A listener could not be bound.
     Bind(std::net::SocketAddr, std::io::Error),
+    /// A worker thread could not be started.
+    Workers(std::io::Error),
     /// The authenticator could not be built.
     Auth(String),
 }
@@ -39,6 +41,7 @@ impl std::fmt::Display for StartError {
         match self {
             StartError::Config(m) => write!(f, "configuration: {m}"),
             StartError::Bind(a, e) => write!(f, "cannot listen on {a}: {e}"),
+            StartError::Workers(e) => write!(f, "cannot start the worker threads: {e}"),
             StartError::Auth(m) => write!(f, "authentication: {m}"),
         }
     }
@@ -49,7 +52,7 @@ impl std::error::Error for StartError {}
 /// Runs until SIGTERM/SIGINT, then drains within `shutdown.grace`.
 pub async fn run(cfg: Arc<Config>) -> Result<(), StartError> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (public_listener, admin_listener, gateway, admin) = build(&cfg).await?;
+    let (public_sockets, admin_listener, gateway, admin) = build(&cfg).await?;
     let tls = match &cfg.tls {
         Some(t) => {
             let tls = crate::tls::Tls::new(t, gateway.metrics.tls_reloads.clone())
@@ -59,44 +62,72 @@ pub async fn run(cfg: Arc<Config>) -> Result<(), StartError> {
         }
         None => None,
     };
-    tracing::info!(listen = %cfg.listen, tls = tls.is_some(), admin = %cfg.admin_listen, upstream = %cfg.upstream.url, "smartgate started");
+    tracing::info!(listen = %cfg.listen, workers = public_sockets.len(), tls = tls.is_some(), admin = %cfg.admin_listen, upstream = %cfg.upstream.url, "smartgate started");
     let grace = cfg.shutdown.grace.0;
-    let limits = cfg.limits.clone();
-    let public = tokio::spawn({
-        let rx = stop_rx.clone();
-        async move { listen::serve(public_listener, gateway, &limits, tls, rx, grace).await }
-    });
-    let admin_limits = crate::config::Limits::default();
+    let public = tokio::spawn(listen::serve_workers(
+        public_sockets,
+        gateway,
+        ServeOptions {
+            limits: cfg.limits.clone(),
+            tls,
+            shutdown: stop_rx.clone(),
+            grace,
+        },
+    ));
+    let admin_options = ServeOptions {
+        limits: crate::config::Limits::default(),
+        tls: None,
+        shutdown: stop_rx,
+        grace,
+    };
     let admin_task = tokio::spawn(async move {
-        listen::serve(admin_listener, admin, &admin_limits, None, stop_rx, grace).await
+        let permits = Arc::new(Semaphore::new(admin_options.limits.max_connections));
+        listen::serve(admin_listener, admin, &admin_options, permits).await
     });
     listen::termination().await;
     tracing::info!("shutting down: draining in-flight requests");
     let _ = stop_tx.send(true);
-    let _ = public.await;
+    let workers = public.await;
     let _ = admin_task.await;
     tracing::info!("stopped");
-    Ok(())
+    match workers {
+        Ok(Err(e)) => Err(StartError::Workers(e)),
+        _ => Ok(()),
+    }
 }
 
-/// Builds both handlers and binds both listeners.
+/// Builds both handlers and binds both listeners (the public one once per worker).
 pub async fn build(
     cfg: &Config,
-) -> Result<(TcpListener, TcpListener, Arc<Gateway>, Arc<Admin>), StartError> {
+) -> Result<
+    (
+        Vec<std::net::TcpListener>,
+        TcpListener,
+        Arc<Gateway>,
+        Arc<Admin>,
+    ),
+    StartError,
+> {
+    let workers = listen::worker_count(cfg.workers);
     let public = parse_base_url(&cfg.public_base_url).map_err(StartError::Config)?;
     let upstream_base = parse_base_url(&cfg.upstream.url).map_err(StartError::Config)?;
-    let client = crate::net::client(&crate::net::ClientOptions {
-        extra_ca_file: cfg.upstream.ca_file.clone(),
-        client_cert_file: cfg.upstream.client_cert_file.clone(),
-        client_key_file: cfg.upstream.client_key_file.clone(),
-        connect_timeout: cfg.upstream.connect_timeout.0,
-        pool_idle_timeout: cfg.upstream.pool_idle_timeout.0,
-    })
+    let clients = crate::net::clients(
+        &crate::net::ClientOptions {
+            extra_ca_file: cfg.upstream.ca_file.clone(),
+            client_cert_file: cfg.upstream.client_cert_file.clone(),
+            client_key_file: cfg.upstream.client_key_file.clone(),
+            connect_timeout: cfg.upstream.connect_timeout.0,
+            pool_idle_timeout: cfg.upstream.pool_idle_timeout.0,
+        },
+        workers,
+    )
     .map_err(|e| StartError::Config(format!("upstream client: {e}")))?;
+    // Token checks share the other threads' pool: JWKS and introspection calls are rare.
+    let client = clients.current().clone();
     let credentials = upstream_credentials(&cfg.upstream.auth)?;
     let upstream = Arc::new(Upstream::new(
         upstream_base.clone(),
-        client.clone(),
+        clients,
         cfg.upstream.timeout.0,
         credentials,
     ));
@@ -162,13 +193,12 @@ pub async fn build(
         auth,
         upstream,
     });
-    let public_listener = TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|e| StartError::Bind(cfg.listen, e))?;
+    let public_sockets =
+        listen::bind(cfg.listen, workers).map_err(|e| StartError::Bind(cfg.listen, e))?;
     let admin_listener = TcpListener::bind(cfg.admin_listen)
         .await
         .map_err(|e| StartError::Bind(cfg.admin_listen, e))?;
-    Ok((public_listener, admin_listener, gateway, admin))
+    Ok((public_sockets, admin_listener, gateway, admin))
 }
 
 fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, StartError> {

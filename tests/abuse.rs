@@ -423,6 +423,53 @@ fn request_smuggling_is_refused_or_cannot_desync() {
     assert_healthy(&proxy);
 }
 
+/// An HTTP/2 connection has no header-read timer between requests: `limits.idle_timeout`
+/// closes it with GOAWAY once nothing was in flight or started for that long, and never
+/// closes one that keeps being used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_are_closed_with_goaway() {
+    let proxy = tokio::task::spawn_blocking(|| Proxy::start("limits:\n  idle_timeout: 1s\n"))
+        .await
+        .unwrap();
+    let uri = format!("http://{}/fhir/Patient/x", proxy.addr);
+    let connect = || async {
+        let tcp = tokio::net::TcpStream::connect(&proxy.addr).await.unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        (client, tokio::spawn(conn))
+    };
+    let get = |client: h2::client::SendRequest<bytes::Bytes>| {
+        let uri = uri.clone();
+        async move {
+            let mut client = client.ready().await.unwrap();
+            let req = ::http::Request::get(&uri).body(()).unwrap();
+            let (resp, _) = client.send_request(req, true).unwrap();
+            resp.await.unwrap().status()
+        }
+    };
+
+    let (idle, idle_conn) = connect().await;
+    assert_eq!(get(idle.clone()).await, 401);
+    let (busy, busy_conn) = connect().await;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(3500) {
+        assert_eq!(
+            get(busy.clone()).await,
+            401,
+            "a connection in use stays open"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(!busy_conn.is_finished(), "the busy connection was closed");
+    // Idle for 1-2 s: GOAWAY (NO_ERROR) ends the connection cleanly.
+    let ended = tokio::time::timeout(Duration::from_secs(3), idle_conn).await;
+    assert!(
+        matches!(ended, Ok(Ok(Ok(())))),
+        "the idle connection was not closed gracefully: {ended:?}"
+    );
+    drop(idle);
+    assert_eq!(get(busy).await, 401);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_stream_limits_and_rapid_reset() {
     let proxy =

@@ -615,6 +615,17 @@ def targets(res: dict) -> list[dict]:
 # ---------------------------------------------------------------- main
 
 
+def selected_scenarios(spec: str) -> list[tuple[str, str, int]]:
+    """The SCENARIOS rows matching `name` or `name:conns` items of `spec` (all when empty)."""
+    want = [w.strip() for w in spec.split(",") if w.strip()]
+    if not want:
+        return SCENARIOS
+    rows = [s for s in SCENARIOS if any(w in (s[0], f"{s[0]}:{s[2]}") for w in want)]
+    if not rows:
+        raise SystemExit(f"no scenario matches {spec!r} (known: {', '.join(f'{s[0]}:{s[2]}' for s in SCENARIOS)})")
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work")
@@ -622,6 +633,8 @@ def main() -> int:
     ap.add_argument("--smartgate")
     ap.add_argument("--duration", default=os.environ.get("BENCH_DURATION", "10s"))
     ap.add_argument("--variants", default=os.environ.get("BENCH_VARIANTS", ",".join(VARIANTS)))
+    ap.add_argument("--scenarios", default=os.environ.get("BENCH_SCENARIOS", ""),
+                    help="comma-separated scenario[:conns] filter, e.g. read:16,search-50 (default: all)")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--command", default="benches/load/run.sh")
     ap.add_argument("--render")
@@ -641,6 +654,7 @@ def main() -> int:
     for v in variants:
         if v not in VARIANTS:
             raise SystemExit(f"unknown variant {v} (known: {', '.join(VARIANTS)})")
+    scenarios = selected_scenarios(a.scenarios)
     if any(v.startswith("sg-") for v in variants) and not a.smartgate:
         raise SystemExit("smartgate variants need --smartgate BIN")
 
@@ -701,7 +715,7 @@ def main() -> int:
             return f"{public}/{path}", tokens["jwt" if v == "sg-jwt" else "opaque"]
 
         seen = set()
-        for sc, path, _ in SCENARIOS:
+        for sc, path, _ in scenarios:
             if sc in seen:
                 continue
             seen.add(sc)
@@ -717,7 +731,7 @@ def main() -> int:
             url, tok = target(v, READ)
             wrk(url, 16, "2s", tok)
 
-        for sc, path, conns in SCENARIOS:
+        for sc, path, conns in scenarios:
             for v in variants:
                 url, tok = target(v, path)
                 pid = pids.get(v)

@@ -7,6 +7,7 @@
 # Environment:
 #   BENCH_DURATION=10s   length of each wrk run (wrk syntax: 5s, 30s, 1m)
 #   BENCH_VARIANTS=direct,nginx,sg-jwt,sg-opaque   which variants to run (direct/nginx need no smartgate build)
+#   BENCH_SCENARIOS=read:16,search-50   only these scenarios (name or name:conns; default: all)
 #   BENCH_NO_MEMORY=1    skip the memory tests (idle RSS, 1,000 connections, 100 MB stream)
 #   BENCH_OUT=DIR        where results go (default: <repo>/bench-results, gitignored)
 #   BENCH_KEEP=1         keep the temp dir (nginx confs, logs, canned data, tokens) and print its path
@@ -93,7 +94,7 @@ secs="$(python3 -c 'import re,sys; m=re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m)?", s
 limit=$(( 28 * (secs + 10) + 600 ))
 NO_MEM=()
 [[ "${BENCH_NO_MEMORY:-0}" == 1 ]] && NO_MEM=(--no-memory)
-cmd="BENCH_DURATION=$DURATION BENCH_VARIANTS=$VARIANTS benches/load/run.sh"
+cmd="BENCH_DURATION=$DURATION BENCH_VARIANTS=$VARIANTS${BENCH_SCENARIOS:+ BENCH_SCENARIOS=$BENCH_SCENARIOS} benches/load/run.sh"
 # In the background + wait, so that INT/TERM reach the trap at once instead of after the run.
 timeout -k 10 "$limit" python3 "$HERE/bench.py" --work "$WORK" --out "$OUT" --duration "$DURATION" \
   --variants "$VARIANTS" --command "$cmd" ${SG_ARGS[@]+"${SG_ARGS[@]}"} ${NO_MEM[@]+"${NO_MEM[@]}"} &

@@ -109,6 +109,25 @@ impl JwtVerifier {
         }
     }
 
+    /// The grant of a token verified earlier under the current keys, while it has not
+    /// expired; keys too stale to trust end it too.
+    pub(crate) fn cached(
+        &self,
+        token_hash: [u8; 32],
+        now: u64,
+    ) -> Option<Result<Arc<Grant>, AuthError>> {
+        let (grant, verified_under) = self.verified.get(&token_hash)?;
+        if verified_under != self.store.generation()
+            || now > grant.expires_at.saturating_add(self.leeway)
+        {
+            return None;
+        }
+        if !self.store.fresh_enough() {
+            return Some(Err(AuthError::KeysStale));
+        }
+        Some(Ok(grant))
+    }
+
     /// [`Self::verify`] behind the cache of verified tokens. A hit is still refused when
     /// the keys went stale, when a JWKS fetch happened since it was verified (a key may
     /// have been withdrawn), or once the token expired.
@@ -119,14 +138,8 @@ impl JwtVerifier {
         now: u64,
     ) -> Result<Arc<Grant>, AuthError> {
         let generation = self.store.generation();
-        if let Some((grant, verified_under)) = self.verified.get(&token_hash)
-            && verified_under == generation
-            && now <= grant.expires_at.saturating_add(self.leeway)
-        {
-            if !self.store.fresh_enough() {
-                return Err(AuthError::KeysStale);
-            }
-            return Ok(grant);
+        if let Some(hit) = self.cached(token_hash, now) {
+            return hit;
         }
         let grant = Arc::new(self.verify(token, token_hash, now).await?);
         // `generation` was read before verifying: a fetch during verification makes this

@@ -255,10 +255,16 @@ impl Authenticator {
             (Some(j), None) => j.verify_cached(token, hash, now_secs()).await,
             (None, Some(i)) => i.introspect(token, hash).await,
             (Some(j), Some(i)) => {
-                let local = !self.always_introspect
-                    && jwt::peek_issuer(token).is_some_and(|iss| iss == j.issuer);
-                if local {
-                    j.verify_cached(token, hash, now_secs()).await
+                if self.always_introspect {
+                    return i.introspect(token, hash).await;
+                }
+                // A token verified before is ours: skip decoding its payload again.
+                let now = now_secs();
+                if let Some(hit) = j.cached(hash, now) {
+                    return hit;
+                }
+                if jwt::peek_issuer(token).is_some_and(|iss| iss == j.issuer) {
+                    j.verify_cached(token, hash, now).await
                 } else {
                     i.introspect(token, hash).await
                 }

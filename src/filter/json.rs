@@ -43,36 +43,6 @@ impl<'de> de::Deserialize<'de> for Key<'de> {
     }
 }
 
-/// Tracks keys seen in one object; linear for small objects, hashed beyond.
-struct Seen<'a> {
-    small: Vec<Cow<'a, str>>,
-    large: Option<HashSet<Cow<'a, str>>>,
-}
-
-impl<'a> Seen<'a> {
-    fn new() -> Self {
-        Seen {
-            small: Vec::new(),
-            large: None,
-        }
-    }
-
-    /// Records `key`; false when it was already there.
-    fn insert(&mut self, key: Cow<'a, str>) -> bool {
-        if let Some(set) = &mut self.large {
-            return set.insert(key);
-        }
-        if self.small.contains(&key) {
-            return false;
-        }
-        self.small.push(key);
-        if self.small.len() > 16 {
-            self.large = Some(self.small.drain(..).collect());
-        }
-        true
-    }
-}
-
 /// An object's fields in document order, values unparsed.
 pub(crate) struct Fields<'a>(pub(crate) Vec<(Cow<'a, str>, &'a RawValue)>);
 
@@ -91,30 +61,22 @@ impl<'de> de::Deserialize<'de> for Fields<'de> {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
-                let mut seen = Seen::new();
-                let mut out = Vec::new();
-                while let Some(Key(k)) = map.next_key()? {
-                    if !seen.insert(k.clone()) {
-                        return Err(de::Error::custom(format_args!("{DUPLICATE} `{k}`")));
-                    }
-                    let v: &'de RawValue = map.next_value()?;
-                    out.push((k, v));
-                }
-                Ok(Fields(out))
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Fields<'de>, A::Error> {
+                // No key is special: every value stays raw.
+                visit_fields(map, "", |m: &mut A| m.next_value(), |v| v).map(Fields)
             }
         }
         d.deserialize_map(V)
     }
 }
 
-/// A top-level Bundle value: raw, or (for `entry`) the entries read as fields in the same
-/// pass, so entry bytes are scanned once less.
+/// A top-level Bundle value: raw, or (for `entry`) the entries read in the same pass, so
+/// every byte of a resource is scanned once.
 pub(crate) enum BundleValue<'a> {
     /// Any other element, unparsed.
     Raw(&'a RawValue),
     /// `entry`.
-    Entries(Vec<Fields<'a>>),
+    Entries(Vec<Entry<'a>>),
 }
 
 /// A Bundle's top-level fields in document order.
@@ -130,6 +92,92 @@ impl<'a> BundleFields<'a> {
     }
 }
 
+/// A value of a Bundle entry: raw, or (for `resource`) the resource's fields.
+pub(crate) enum EntryValue<'a> {
+    /// Any other element (`fullUrl`, `search`, `request`, …), unparsed.
+    Raw(&'a RawValue),
+    /// `resource`.
+    Resource(Fields<'a>),
+}
+
+/// One Bundle entry's fields in document order.
+pub(crate) struct Entry<'a>(pub(crate) Vec<(Cow<'a, str>, EntryValue<'a>)>);
+
+impl<'a> Entry<'a> {
+    /// The raw value of `key` (not for `resource`).
+    pub(crate) fn raw(&self, key: &str) -> Option<&'a RawValue> {
+        self.0.iter().find_map(|(k, v)| match v {
+            EntryValue::Raw(r) if k == key => Some(*r),
+            _ => None,
+        })
+    }
+
+    /// The entry's resource.
+    pub(crate) fn resource(&self) -> Option<&Fields<'a>> {
+        self.0.iter().find_map(|(_, v)| match v {
+            EntryValue::Resource(f) => Some(f),
+            EntryValue::Raw(_) => None,
+        })
+    }
+}
+
+/// Reads an object's fields in order with duplicate keys refused; `special` names the one
+/// key whose value is read by `read_special` instead of kept raw.
+fn visit_fields<'de, A, V>(
+    mut map: A,
+    special: &str,
+    read_special: impl Fn(&mut A) -> Result<V, A::Error>,
+    raw: impl Fn(&'de RawValue) -> V,
+) -> Result<Vec<(Cow<'de, str>, V)>, A::Error>
+where
+    A: MapAccess<'de>,
+{
+    let mut out: Vec<(Cow<'de, str>, V)> = Vec::with_capacity(16);
+    // Keys are looked up in `out` while the object is small, in a set beyond that.
+    let mut large: Option<HashSet<Cow<'de, str>>> = None;
+    while let Some(Key(k)) = map.next_key()? {
+        let duplicate = match &mut large {
+            Some(set) => !set.insert(k.clone()),
+            None => out.iter().any(|(seen, _)| *seen == k),
+        };
+        if duplicate {
+            return Err(de::Error::custom(format_args!("{DUPLICATE} `{k}`")));
+        }
+        if large.is_none() && out.len() == 16 {
+            large = Some(
+                out.iter()
+                    .map(|(seen, _)| seen.clone())
+                    .chain([k.clone()])
+                    .collect(),
+            );
+        }
+        let v = if k == special {
+            read_special(&mut map)?
+        } else {
+            raw(map.next_value()?)
+        };
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+impl<'de> de::Deserialize<'de> for Entry<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Entry<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a Bundle entry object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Entry<'de>, A::Error> {
+                let read = |m: &mut A| m.next_value().map(EntryValue::Resource);
+                visit_fields(map, "resource", read, EntryValue::Raw).map(Entry)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
 impl<'de> de::Deserialize<'de> for BundleFields<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -138,24 +186,9 @@ impl<'de> de::Deserialize<'de> for BundleFields<'de> {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<BundleFields<'de>, A::Error> {
-                let mut seen = Seen::new();
-                let mut out = Vec::new();
-                while let Some(Key(k)) = map.next_key()? {
-                    if !seen.insert(k.clone()) {
-                        return Err(de::Error::custom(format_args!("{DUPLICATE} `{k}`")));
-                    }
-                    let v = if k == "entry" {
-                        BundleValue::Entries(map.next_value()?)
-                    } else {
-                        BundleValue::Raw(map.next_value()?)
-                    };
-                    out.push((k, v));
-                }
-                Ok(BundleFields(out))
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<BundleFields<'de>, A::Error> {
+                let read = |m: &mut A| m.next_value().map(BundleValue::Entries);
+                visit_fields(map, "entry", read, BundleValue::Raw).map(BundleFields)
             }
         }
         d.deserialize_map(V)

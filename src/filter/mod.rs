@@ -16,9 +16,9 @@
 //!    that has a `patient` search parameter (e.g. `Device`) is hidden when that names a
 //!    patient other than A.
 //!
-//! [`filter_bundle`] reads the Bundle in two levels (entries and resources as borrowed
-//! raw JSON, only the elements a decision needs parsed) and copies kept entries byte for
-//! byte. Documented choices:
+//! [`filter_bundle`] reads the Bundle in one pass (entries and resources as fields of
+//! borrowed raw JSON, only the elements a decision needs parsed) and copies the fields of
+//! kept entries byte for byte. Documented choices:
 //! - `NeedsLookup` entries are removed (a Binary in a Bundle is rare; the lead can
 //!   re-fetch by id).
 //! - Entries without a resource (history deletes, batch responses) are removed in patient
@@ -31,6 +31,8 @@
 //!   Bundle, entry or any inspected resource level are [`FilterError`]s (map to 502).
 
 mod json;
+
+use std::borrow::Cow;
 
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -331,39 +333,36 @@ pub fn filter_bundle(
     if rtype != Some("Bundle") {
         return Err(FilterError::NotABundle);
     }
-    let mut kept_entries: Vec<Vec<u8>> = Vec::new();
-    let mut removed = 0usize;
+    // Judge every entry first: `total` is written only when nothing was removed.
+    let mut keep: Vec<bool> = Vec::new();
     let mut plans: Vec<KeyPlan> = Vec::new();
     for (_, value) in &bundle.0 {
-        let json::BundleValue::Entries(entries) = value else {
-            continue;
-        };
-        for entry in entries {
-            if entry_visible(entry, view, grant, ctx, &mut plans)? {
-                kept_entries.push(write_entry(entry, ctx)?);
-            } else {
-                removed += 1;
+        if let json::BundleValue::Entries(entries) = value {
+            for entry in entries {
+                keep.push(entry_visible(entry, view, grant, ctx, &mut plans)?);
             }
         }
     }
-    let mut out = Vec::with_capacity(body.len());
+    let kept = keep.iter().filter(|k| **k).count();
+    let removed = keep.len() - kept;
+    let mut out = Vec::with_capacity(body.len() + 1024);
     out.push(b'{');
     let mut first = true;
     for (key, value) in &bundle.0 {
-        let key = key.as_ref();
         let links: Vec<Vec<u8>>;
-        let part = match (key, value) {
-            (_, json::BundleValue::Entries(_)) => Part::Array(&kept_entries),
+        let part = match (key.as_ref(), value) {
+            (_, json::BundleValue::Entries(_)) if kept == 0 => continue,
+            (_, json::BundleValue::Entries(entries)) => Part::Entries(entries),
             ("total", _) if removed > 0 => continue,
             ("link", json::BundleValue::Raw(raw)) => {
                 links = rewrite_links(raw, ctx, rewrite_link)?;
-                Part::Array(&links)
+                if links.is_empty() {
+                    continue;
+                }
+                Part::Links(&links)
             }
             (_, json::BundleValue::Raw(raw)) => Part::Raw(raw.get().as_bytes()),
         };
-        if matches!(part, Part::Array(items) if items.is_empty()) {
-            continue;
-        }
         if !first {
             out.push(b',');
         }
@@ -371,7 +370,7 @@ pub fn filter_bundle(
         write_key(&mut out, key)?;
         match part {
             Part::Raw(bytes) => out.extend_from_slice(bytes),
-            Part::Array(items) => {
+            Part::Links(items) => {
                 out.push(b'[');
                 for (i, item) in items.iter().enumerate() {
                     if i > 0 {
@@ -381,33 +380,62 @@ pub fn filter_bundle(
                 }
                 out.push(b']');
             }
+            Part::Entries(entries) => {
+                out.push(b'[');
+                let kept_entries = entries.iter().zip(&keep).filter(|(_, k)| **k);
+                for (i, (entry, _)) in kept_entries.enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write_entry(&mut out, entry, ctx)?;
+                }
+                out.push(b']');
+            }
         }
     }
     out.push(b'}');
     Ok(FilteredBundle {
         body: out,
         removed,
-        kept: kept_entries.len(),
+        kept,
     })
 }
 
 /// One top-level value of the output Bundle.
-enum Part<'a> {
+enum Part<'a, 'b> {
     /// Copied as is.
     Raw(&'a [u8]),
-    /// Serialised items joined into an array (omitted when empty).
-    Array(&'a [Vec<u8>]),
+    /// Rewritten links (never empty).
+    Links(&'b [Vec<u8>]),
+    /// The entries, of which the kept ones are written.
+    Entries(&'b [json::Entry<'a>]),
 }
 
-fn write_key(out: &mut Vec<u8>, key: &str) -> Result<(), FilterError> {
-    serde_json::to_writer(&mut *out, key)?;
+/// Writes `"key":`. A borrowed key had no escape sequence in its source, so it needs none
+/// (JSON strings cannot hold raw quotes, backslashes or control characters).
+#[allow(clippy::ptr_arg)] // whether the key is borrowed is the point
+fn write_key(out: &mut Vec<u8>, key: &Cow<'_, str>) -> Result<(), FilterError> {
+    match key {
+        Cow::Borrowed(k) => {
+            out.push(b'"');
+            out.extend_from_slice(k.as_bytes());
+            out.push(b'"');
+        }
+        Cow::Owned(k) => serde_json::to_writer(&mut *out, k)?,
+    }
     out.push(b':');
     Ok(())
 }
 
-/// A JSON string's value, or `Malformed(what)`.
-fn string_of(raw: &RawValue, what: &'static str) -> Result<String, FilterError> {
-    serde_json::from_str(raw.get()).map_err(|_| FilterError::Malformed(what))
+/// A JSON string's value (borrowed unless it has escapes), or `Malformed(what)`.
+fn string_of<'a>(raw: &'a RawValue, what: &'static str) -> Result<Cow<'a, str>, FilterError> {
+    let text = raw.get();
+    match serde_json::from_str::<&str>(text) {
+        Ok(s) => Ok(Cow::Borrowed(s)),
+        Err(_) => serde_json::from_str::<String>(text)
+            .map(Cow::Owned)
+            .map_err(|_| FilterError::Malformed(what)),
+    }
 }
 
 /// Rebases every link and passes paging links to `rewrite_link`.
@@ -440,43 +468,58 @@ fn rewrite_links(
         } else {
             rebased
         };
-        out.push(write_object(&link, Some(("url", &url)))?);
+        let mut item = Vec::new();
+        write_object(&mut item, &link, Some(("url", &url)))?;
+        out.push(item);
     }
     Ok(out)
 }
 
-/// Re-serialises an object field by field, replacing the value of `replace.0` by the
-/// string `replace.1`.
+/// Writes an object field by field (values byte for byte), replacing the value of
+/// `replace.0` by the string `replace.1`.
 fn write_object(
+    out: &mut Vec<u8>,
     fields: &json::Fields<'_>,
     replace: Option<(&str, &str)>,
-) -> Result<Vec<u8>, FilterError> {
-    let mut out = Vec::new();
+) -> Result<(), FilterError> {
     out.push(b'{');
     for (i, (k, v)) in fields.0.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        write_key(&mut out, k)?;
-        if let Some((_, value)) = replace.filter(|(key, _)| k == key) {
-            serde_json::to_writer(&mut out, value)?;
-        } else {
-            out.extend_from_slice(v.get().as_bytes());
+        write_key(out, k)?;
+        match replace.filter(|(key, _)| k == key) {
+            Some((_, value)) => serde_json::to_writer(&mut *out, value)?,
+            None => out.extend_from_slice(v.get().as_bytes()),
         }
     }
     out.push(b'}');
-    Ok(out)
+    Ok(())
 }
 
-/// The entry, with `fullUrl` rebased.
-fn write_entry(entry: &json::Fields<'_>, ctx: &FilterContext) -> Result<Vec<u8>, FilterError> {
-    match entry.get("fullUrl") {
-        Some(raw) => {
-            let url = string_of(raw, "entry.fullUrl")?;
-            write_object(entry, Some(("fullUrl", &ctx.rebase(&url))))
+/// Writes a kept entry, with `fullUrl` rebased.
+fn write_entry(
+    out: &mut Vec<u8>,
+    entry: &json::Entry<'_>,
+    ctx: &FilterContext,
+) -> Result<(), FilterError> {
+    out.push(b'{');
+    for (i, (k, v)) in entry.0.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
-        None => write_object(entry, None),
+        write_key(out, k)?;
+        match v {
+            json::EntryValue::Resource(fields) => write_object(out, fields, None)?,
+            json::EntryValue::Raw(raw) if k == "fullUrl" => {
+                let url = string_of(raw, "entry.fullUrl")?;
+                serde_json::to_writer(&mut *out, &ctx.rebase(&url))?;
+            }
+            json::EntryValue::Raw(raw) => out.extend_from_slice(raw.get().as_bytes()),
+        }
     }
+    out.push(b'}');
+    Ok(())
 }
 
 /// Which top-level elements of one resource type a decision reads (computed once per
@@ -520,16 +563,15 @@ impl KeyPlan {
 }
 
 fn entry_visible(
-    entry: &json::Fields<'_>,
+    entry: &json::Entry<'_>,
     view: &View,
     grant: &Grant,
     ctx: &FilterContext,
     plans: &mut Vec<KeyPlan>,
 ) -> Result<bool, FilterError> {
-    let Some(raw) = entry.get("resource") else {
+    let Some(resource) = entry.resource() else {
         return Ok(resourceless_visible(entry, view, grant));
     };
-    let resource = json::fields(raw.get())?;
     let rtype = resource
         .get("resourceType")
         .ok_or(FilterError::Malformed("resource.resourceType"))?;
@@ -547,16 +589,16 @@ fn entry_visible(
     let Some(plan) = plans.get(plan) else {
         return Ok(false);
     };
-    Ok(check_resource(&reduced(&resource, plan)?, view, grant, ctx) == Visibility::Visible)
+    Ok(check_resource(&reduced(resource, plan)?, view, grant, ctx) == Visibility::Visible)
 }
 
 /// An entry without a resource: see the module docs.
-fn resourceless_visible(entry: &json::Fields<'_>, view: &View, grant: &Grant) -> bool {
+fn resourceless_visible(entry: &json::Entry<'_>, view: &View, grant: &Grant) -> bool {
     if view.context == Context::Patient {
         return false;
     }
     let url = |key: &str| -> Option<String> {
-        let raw = entry.get(key)?;
+        let raw = entry.raw(key)?;
         if key == "request" {
             let req = json::fields(raw.get()).ok()?;
             serde_json::from_str(req.get("url")?.get()).ok()
