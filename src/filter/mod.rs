@@ -33,6 +33,8 @@
 mod json;
 
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt::Write as _;
 
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -336,10 +338,18 @@ pub fn filter_bundle(
     // Judge every entry first: `total` is written only when nothing was removed.
     let mut keep: Vec<bool> = Vec::new();
     let mut plans: Vec<KeyPlan> = Vec::new();
+    let mut scratch = String::new();
     for (_, value) in &bundle.0 {
         if let json::BundleValue::Entries(entries) = value {
             for entry in entries {
-                keep.push(entry_visible(entry, view, grant, ctx, &mut plans)?);
+                keep.push(entry_visible(
+                    entry,
+                    view,
+                    grant,
+                    ctx,
+                    &mut plans,
+                    &mut scratch,
+                )?);
             }
         }
     }
@@ -523,18 +533,26 @@ fn write_entry(
 }
 
 /// Which top-level elements of one resource type a decision reads (computed once per
-/// type and Bundle).
+/// type and Bundle), and the verdicts already reached for the same elements.
 struct KeyPlan {
     rtype: ResourceType,
     /// Elements read by name.
     keys: Vec<&'static str>,
     /// Expressions whose first step decides (compartment, granular, non-member `patient`).
     exprs: Vec<&'static Expr>,
+    /// Verdict by [`KeyPlan::memo_key`]. Sound because a verdict is a pure function of the
+    /// elements the plan reads (the view, grant and context are fixed for the Bundle); it
+    /// pays off because a patient's search results mostly share one `subject`.
+    verdicts: HashMap<String, bool>,
 }
 
 impl KeyPlan {
     fn new(rtype: ResourceType, view: &View, grant: &Grant, ctx: &FilterContext) -> Self {
-        let mut keys = vec!["resourceType", "id"];
+        // `id` decides only for Patient (is it the patient?).
+        let mut keys = vec!["resourceType"];
+        if rtype == ResourceType::PATIENT {
+            keys.push("id");
+        }
         let mut exprs: Vec<&'static Expr> = Vec::new();
         if view.context == Context::Patient {
             match rtype {
@@ -554,11 +572,29 @@ impl KeyPlan {
                     .filter_map(|p| granular::expression(rtype, &p.name)),
             );
         }
-        KeyPlan { rtype, keys, exprs }
+        KeyPlan {
+            rtype,
+            keys,
+            exprs,
+            verdicts: HashMap::new(),
+        }
     }
 
     fn reads(&self, key: &str) -> bool {
         self.keys.contains(&key) || self.exprs.iter().any(|e| e.reads_top_level(key))
+    }
+
+    /// Writes into `out` the elements of `resource` this plan reads, unambiguously: each as
+    /// its key's length, the key, and the raw value (raw JSON values delimit themselves).
+    fn memo_key(&self, resource: &json::Fields<'_>, out: &mut String) {
+        out.clear();
+        for (key, value) in &resource.0 {
+            if self.reads(key) {
+                let _ = write!(out, "{}:", key.len());
+                out.push_str(key);
+                out.push_str(value.get());
+            }
+        }
     }
 }
 
@@ -568,6 +604,7 @@ fn entry_visible(
     grant: &Grant,
     ctx: &FilterContext,
     plans: &mut Vec<KeyPlan>,
+    scratch: &mut String,
 ) -> Result<bool, FilterError> {
     let Some(resource) = entry.resource() else {
         return Ok(resourceless_visible(entry, view, grant));
@@ -586,10 +623,17 @@ fn entry_visible(
             plans.len() - 1
         }
     };
-    let Some(plan) = plans.get(plan) else {
+    let Some(plan) = plans.get_mut(plan) else {
         return Ok(false);
     };
-    Ok(check_resource(&reduced(resource, plan)?, view, grant, ctx) == Visibility::Visible)
+    plan.memo_key(resource, scratch);
+    if let Some(verdict) = plan.verdicts.get(scratch.as_str()) {
+        return Ok(*verdict);
+    }
+    let verdict =
+        check_resource(&reduced(resource, plan)?, view, grant, ctx) == Visibility::Visible;
+    plan.verdicts.insert(scratch.clone(), verdict);
+    Ok(verdict)
 }
 
 /// An entry without a resource: see the module docs.

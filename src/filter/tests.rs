@@ -623,3 +623,30 @@ proptest! {
         prop_assert_eq!(f.kept + f.removed, resources.len());
     }
 }
+
+#[test]
+fn verdicts_reused_only_for_identical_decisive_elements() {
+    // Same subject, same category: one verdict reused; a different category under a
+    // granular scope or another subject is judged again; Patients are judged by id.
+    let b = bundle(vec![
+        entry(obs("1", "A", "vital-signs"), "match"),
+        entry(obs("2", "A", "vital-signs"), "match"),
+        entry(obs("3", "A", "laboratory"), "match"),
+        entry(obs("4", "B", "vital-signs"), "match"),
+        entry(obs("5", "A", "vital-signs"), "match"),
+        entry(json!({"resourceType": "Patient", "id": "A"}), "include"),
+        entry(json!({"resourceType": "Patient", "id": "B"}), "include"),
+    ]);
+    let scopes = "patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|vital-signs patient/Patient.rs";
+    let (out, f) = run(&b, scopes);
+    assert_eq!(
+        ids(&out),
+        [
+            "Observation/1",
+            "Observation/2",
+            "Observation/5",
+            "Patient/A"
+        ]
+    );
+    assert_eq!((f.kept, f.removed), (4, 3));
+}
