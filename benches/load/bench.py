@@ -168,7 +168,7 @@ def status_kb(pid: int, key: str) -> int:
 # ---------------------------------------------------------------- configs
 
 
-NGINX_COMMON = """worker_processes 1;
+NGINX_COMMON = """worker_processes {workers};
 daemon off;
 master_process on;
 pid {prefix}/nginx.pid;
@@ -252,17 +252,17 @@ shutdown:
 """
 
 
-def write_nginx(work: str, name: str, body: str) -> tuple[str, str]:
+def write_nginx(work: str, name: str, body: str, workers: str) -> tuple[str, str]:
     prefix = os.path.join(work, name)
     os.makedirs(prefix, exist_ok=True)
     conf = os.path.join(prefix, "nginx.conf")
     with open(conf, "w") as f:
-        f.write(NGINX_COMMON.format(prefix=prefix, body=body))
+        f.write(NGINX_COMMON.format(prefix=prefix, body=body, workers=workers))
     return prefix, conf
 
 
-def start_nginx(procs: Procs, work: str, name: str, body: str, port: int) -> subprocess.Popen:
-    prefix, conf = write_nginx(work, name, body)
+def start_nginx(procs: Procs, work: str, name: str, body: str, port: int, workers: str) -> subprocess.Popen:
+    prefix, conf = write_nginx(work, name, body, workers)
     test = subprocess.run(["nginx", "-t", "-p", prefix, "-e", f"{prefix}/error.log", "-c", conf], capture_output=True, text=True, timeout=30)
     if test.returncode != 0:
         raise RuntimeError(f"nginx -t failed for {name}: {test.stderr}")
@@ -694,8 +694,8 @@ def main() -> int:
         with open(os.path.join(a.work, "data", "introspect.json")) as f:
             introspect = f.read().strip()
 
-        start_nginx(procs, a.work, "nginx-upstream", UPSTREAM_BODY.format(port=ports["upstream"], data=os.path.join(a.work, "data"), introspect=introspect), ports["upstream"])
-        nginx = start_nginx(procs, a.work, "nginx-proxy", PROXY_BODY.format(port=ports["nginx"], upstream_port=ports["upstream"]), ports["nginx"])
+        start_nginx(procs, a.work, "nginx-upstream", UPSTREAM_BODY.format(port=ports["upstream"], data=os.path.join(a.work, "data"), introspect=introspect), ports["upstream"], "1")
+        nginx = start_nginx(procs, a.work, "nginx-proxy", PROXY_BODY.format(port=ports["nginx"], upstream_port=ports["upstream"]), ports["nginx"], "auto")
         pids = {"nginx": nginx.pid}
         sg = None
         if any(v.startswith("sg-") for v in variants):
