@@ -7,16 +7,19 @@
 #     -p 8443:8443 -p 9464:9464 smartgate
 #   docker run --rm -v "$PWD/smartgate.yaml:/etc/smartgate/smartgate.yaml:ro" smartgate \
 #     check --config /etc/smartgate/smartgate.yaml
+#   docker build --build-arg FEATURES=otel -t smartgate:otel .   # with OpenTelemetry export
 
 # --- build -------------------------------------------------------------------------------
 FROM rust:1-bookworm AS build
 WORKDIR /src
+# Cargo features, e.g. `otel` (OpenTelemetry trace export); none by default.
+ARG FEATURES=""
 COPY . .
 # BuildKit cache mounts keep the crate registry and compiled dependencies between builds;
 # the binary is copied out of the cached target dir so the next stage can take it.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked \
+    cargo build --release --locked --features "$FEATURES" \
  && cp target/release/smartgate /smartgate
 
 # --- runtime -----------------------------------------------------------------------------

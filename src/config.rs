@@ -63,6 +63,9 @@ pub struct Config {
     /// The CapabilityStatement served at `metadata`.
     #[serde(default)]
     pub metadata: MetadataConfig,
+    /// OpenTelemetry trace export (a build with `--features otel`).
+    #[serde(default)]
+    pub telemetry: Option<crate::telemetry::TelemetryConfig>,
 }
 
 /// `upstream:`
@@ -392,6 +395,13 @@ impl Config {
         for (key, problem) in self.cors.validate() {
             out.push((format!("cors.{key}"), problem));
         }
+        for (key, problem) in self.telemetry.iter().flat_map(|t| t.validate()) {
+            let key = match key.is_empty() {
+                true => "telemetry".into(),
+                false => format!("telemetry.{key}"),
+            };
+            out.push((key, problem));
+        }
         if self.upstream.client_cert_file.is_some() != self.upstream.client_key_file.is_some() {
             out.push((
                 "upstream.client_cert_file".into(),
@@ -565,6 +575,23 @@ mod tests {
                 .any(|s| s.starts_with("c.yaml:2:1: admin_listen")),
             "{shown:?}"
         );
+    }
+
+    /// A binary that cannot export must not accept a configuration that asks it to.
+    #[test]
+    #[cfg(not(feature = "otel"))]
+    fn telemetry_needs_the_otel_feature() {
+        let text = format!("{MINIMAL}telemetry:\n  otlp_endpoint: http://127.0.0.1:4318\n");
+        let errs = Config::parse(&text, Path::new("c.yaml")).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].line, 7, "{}", errs[0]);
+        assert!(
+            errs[0].message.starts_with("telemetry: ")
+                && errs[0].message.contains("--features otel"),
+            "{}",
+            errs[0]
+        );
+        assert!(Config::parse(MINIMAL, Path::new("c.yaml")).is_ok());
     }
 
     #[test]

@@ -138,6 +138,9 @@ impl Upstream {
         *req.version_mut() = Version::HTTP_11;
         let headers = req.headers_mut();
         copy_end_to_end(inbound, headers, STRIPPED_REQUEST);
+        // W3C trace context passes through like any end-to-end header, unless this hop
+        // exports its own span: then it is replaced by that span's (feature `otel`).
+        crate::telemetry::inject(headers);
         headers.insert(
             HeaderName::from_static("x-forwarded-for"),
             HeaderValue::from_str(&client.peer.ip().to_string())

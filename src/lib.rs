@@ -52,4 +52,5 @@ pub mod policy;
 pub mod proxy;
 pub mod scope;
 pub mod serve;
+pub mod telemetry;
 pub mod tls;

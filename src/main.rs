@@ -271,7 +271,6 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            init_logging();
             // The control plane (admin port, key refresh, policy and certificate reloads,
             // signals) runs on this thread; requests run on the worker threads (`listen`).
             let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -284,7 +283,22 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(smartgate::serve::run(Arc::new(cfg))) {
+            let telemetry =
+                match smartgate::telemetry::init(cfg.telemetry.as_ref(), runtime.handle()) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        eprintln!("telemetry: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+            let result = runtime.block_on(async {
+                let result = smartgate::serve::run(Arc::new(cfg)).await;
+                // The last requests' spans are sent on this runtime, so the (blocking) flush
+                // waits on another thread while this one keeps driving it.
+                let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+                result
+            });
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "smartgate stopped");
@@ -294,15 +308,4 @@ fn main() -> ExitCode {
             }
         }
     }
-}
-
-/// JSON logs on stderr (stdout carries the audit trail by default); `RUST_LOG` filters.
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }

@@ -41,6 +41,7 @@ use crate::outcome;
 use crate::paging::PagingKey;
 use crate::policy::{PolicyHandle, PolicySet, ResponsePass};
 use crate::scope::Letter;
+use crate::telemetry;
 
 /// Everything the pipeline needs, built once at start-up and shared by all requests.
 pub struct Gateway {
@@ -124,9 +125,10 @@ impl Handler for Gateway {
         self.metrics.in_flight.inc();
         let request_id = request_id(req.headers());
         let origin = req.headers().get(header::ORIGIN).cloned();
-        let span = tracing::info_span!(
-            "request",
-            request_id = request_id.to_str().unwrap_or_default()
+        let span = telemetry::request_span(
+            request_id.to_str().unwrap_or_default(),
+            req.method(),
+            req.headers(),
         );
         let mut rec = Record {
             time: now_rfc3339(),
@@ -137,18 +139,20 @@ impl Handler for Gateway {
                 .loggable_path(req.uri().path(), req.uri().query()),
             ..Record::default()
         };
-        let mut resp = match self
-            .run(req, peer, &request_id, &mut rec)
-            .instrument(span)
-            .await
-        {
-            Ok(resp) => resp,
-            Err(early) => self.early_response(early, &mut rec),
-        };
-        self.cors.apply(origin.as_ref(), resp.headers_mut());
-        resp.headers_mut()
-            .insert(header::HeaderName::from_static("x-request-id"), request_id);
-        rec.status = resp.status().as_u16();
+        let resp = async {
+            let mut resp = match self.run(req, peer, &request_id, &mut rec).await {
+                Ok(resp) => resp,
+                Err(early) => self.early_response(early, &mut rec),
+            };
+            self.cors.apply(origin.as_ref(), resp.headers_mut());
+            resp.headers_mut()
+                .insert(header::HeaderName::from_static("x-request-id"), request_id);
+            rec.status = resp.status().as_u16();
+            telemetry::finish(&rec);
+            resp
+        }
+        .instrument(span)
+        .await;
         let elapsed = started.elapsed();
         rec.latency_ms = elapsed.as_secs_f64() * 1000.0;
         self.metrics.latency.observe(elapsed.as_secs_f64());

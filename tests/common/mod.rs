@@ -201,18 +201,23 @@ impl Proxy {
     }
 
     pub fn start_with(extra: &str, upstream_url: Option<&str>, auth_yaml: Option<&str>) -> Proxy {
-        Self::launch(extra, upstream_url, auth_yaml, "10s", "")
+        Self::launch(extra, upstream_url, auth_yaml, "10s", "", &[])
+    }
+
+    /// Like [`Proxy::start_with`], with extra environment variables for the process.
+    pub fn start_with_env(extra: &str, upstream_url: Option<&str>, env: &[(&str, &str)]) -> Proxy {
+        Self::launch(extra, upstream_url, None, "10s", "", env)
     }
 
     /// A proxy whose `upstream.timeout` is `timeout`.
     pub fn start_with_timeout(upstream_url: &str, timeout: &str) -> Proxy {
-        Self::launch("", Some(upstream_url), None, timeout, "")
+        Self::launch("", Some(upstream_url), None, timeout, "", &[])
     }
 
     /// A proxy for `upstream_url` with more `upstream:` keys (`upstream_keys` is YAML indented
     /// by two spaces, e.g. `  ca_file: F\n`).
     pub fn start_with_upstream_keys(upstream_url: &str, upstream_keys: &str) -> Proxy {
-        Self::launch("", Some(upstream_url), None, "10s", upstream_keys)
+        Self::launch("", Some(upstream_url), None, "10s", upstream_keys, &[])
     }
 
     fn launch(
@@ -221,6 +226,7 @@ impl Proxy {
         auth_yaml: Option<&str>,
         timeout: &str,
         upstream_keys: &str,
+        env: &[(&str, &str)],
     ) -> Proxy {
         let bed = bed();
         let port = free_port();
@@ -256,6 +262,7 @@ impl Proxy {
         let child = Command::new(exe)
             .args(["serve", "--config"])
             .arg(&config_path)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("stderr.log")).expect("log"))
             .spawn()
