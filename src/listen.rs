@@ -22,6 +22,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::body::ProxyBody;
 use crate::config::Limits;
+use crate::framing;
 use crate::tls::Tls;
 
 /// Request extension set on requests that arrived over TLS (`X-Forwarded-Proto: https`).
@@ -88,6 +89,7 @@ pub async fn serve<H: Handler>(
         };
         let _ = stream.set_nodelay(true);
         let head_deadline = limits.header_read_timeout.0;
+        let max_head = limits.max_header_bytes.max(8192);
         let handler = handler.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
@@ -101,22 +103,13 @@ pub async fn serve<H: Handler>(
                 // its permit forever.
                 (false, _) if !protocol_known(&stream, head_deadline).await => {}
                 (false, _) => {
-                    connection(
-                        &builder,
-                        watcher,
-                        TokioIo::new(stream),
-                        handler,
-                        peer,
-                        false,
-                    )
-                    .await
+                    connection(&builder, watcher, stream, max_head, handler, peer, false).await
                 }
                 (true, None) => tracing::warn!("no TLS configuration available; connection closed"),
                 (true, Some(acceptor)) => {
                     match tokio::time::timeout(head_deadline, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
-                            connection(&builder, watcher, TokioIo::new(tls), handler, peer, true)
-                                .await
+                            connection(&builder, watcher, tls, max_head, handler, peer, true).await
                         }
                         Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -136,26 +129,31 @@ pub async fn serve<H: Handler>(
 }
 
 /// Serves one accepted connection (plain or TLS) until it ends or shutdown closes it.
+/// Its bytes are read through [`framing::watch`], which judges each HTTP/1 request head
+/// (hyper hides ambiguous framing) and tags the request with the verdict.
 async fn connection<H, I>(
     builder: &auto::Builder<TokioExecutor>,
     watcher: Watcher,
     io: I,
+    max_head: usize,
     handler: Arc<H>,
     peer: SocketAddr,
     secure: bool,
 ) where
     H: Handler,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let (io, verdicts) = framing::watch(io, max_head, peer);
     let service = service_fn(move |mut req: Request<Incoming>| {
         let handler = handler.clone();
         if secure {
             req.extensions_mut().insert(TlsConnection);
         }
+        verdicts.tag(&mut req);
         async move { Ok::<_, Infallible>(handler.handle(req, peer).await) }
     });
     let conn = builder
-        .serve_connection_with_upgrades(io, service)
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
         .into_owned();
     // hyper's header-read timeout also bounds the wait for the next request on an idle
     // keep-alive connection, so no separate idle timer is needed.
