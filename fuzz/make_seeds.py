@@ -3,7 +3,7 @@
 
 classify and search_body come from tests/classify_table.rs, scope from the table's grants,
 fhirpath from the R4 compartment expressions in src/data/, config from the example
-configuration; token and filter_bundle seeds are written here from the shapes the unit
+configuration; token, filter_bundle and framing seeds are written here from the shapes the unit
 tests use. Seeds are small and committed; scripts/fuzz.sh copies them into fuzz/corpus/.
 """
 import json
@@ -162,6 +162,22 @@ def main():
     write("config", "limits.yaml", minimal + "limits:\n  max_connections: 50\n  header_read_timeout: 1s\n"
           "  max_body_bytes: 1024\ncompartment:\n  actor_membership: true\n  non_member_types: deny\n")
     write("config", "broken.yaml", minimal.replace("30s", "30 parsecs") + "  tiemout: 5s\nadmin_listen: [\n")
+    # framing: one split byte, then an HTTP/1 byte stream (keep-alive bodies, chunks with
+    # extensions and trailers, and the smuggling shapes of tests/abuse.rs).
+    post = "POST /fhir/Binary HTTP/1.1\r\nHost: x\r\n"
+    streams = {
+        "keep-alive": post + "Content-Length: 5\r\n\r\nhello" + post
+        + "Transfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\nX-T: t\r\n\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+        "cl-te": post + "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nDELETE /x HTTP/1.1\r\n\r\n",
+        "te-cl": post + "Transfer-Encoding: chunked\r\nContent-Length: 60\r\n\r\n0\r\n\r\n",
+        "cl-twice": post + "Content-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+        "cl-list": post + "Content-Length: 5, 5\r\n\r\nhello",
+        "te-list": post + "Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        "http10-te": "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "h2-preface": "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    }
+    for i, (name, stream) in enumerate(sorted(streams.items())):
+        write("framing", name, bytes([1 + 5 * i]) + stream.encode())
     print(f"seeds written to {SEEDS}", file=sys.stderr)
 
 

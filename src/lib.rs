@@ -41,6 +41,7 @@ pub mod duration;
 pub mod fhir;
 pub mod filter;
 pub mod forward;
+pub mod framing;
 pub mod listen;
 pub mod metadata;
 pub mod metrics;

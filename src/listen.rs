@@ -32,6 +32,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use crate::body::ProxyBody;
 use crate::config::Limits;
+use crate::framing;
 use crate::tls::Tls;
 
 /// Request extension set on requests that arrived over TLS (`X-Forwarded-Proto: https`).
@@ -241,6 +242,7 @@ pub async fn serve<H: Handler>(
             peer,
             shutdown: options.shutdown.clone(),
             idle: limits.idle_timeout.0,
+            max_head: limits.max_header_bytes.max(8192),
             _open: open.clone(),
         };
         let acceptor = options.tls.as_ref().and_then(|t| t.acceptor());
@@ -252,11 +254,11 @@ pub async fn serve<H: Handler>(
                 // that connects and sends nothing (or part of the h2 preface) would hold
                 // its permit forever.
                 (false, _) if !protocol_known(&stream, head_deadline).await => {}
-                (false, _) => conn.serve(TokioIo::new(stream), false).await,
+                (false, _) => conn.serve(stream, false).await,
                 (true, None) => tracing::warn!("no TLS configuration available; connection closed"),
                 (true, Some(acceptor)) => {
                     match tokio::time::timeout(head_deadline, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => conn.serve(TokioIo::new(tls), true).await,
+                        Ok(Ok(tls)) => conn.serve(tls, true).await,
                         Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
@@ -291,6 +293,8 @@ struct Conn<H> {
     peer: SocketAddr,
     shutdown: watch::Receiver<bool>,
     idle: Duration,
+    /// Largest request head, for the framing watcher.
+    max_head: usize,
     /// Dropped when the connection ends (see the drain in [`serve`]).
     _open: mpsc::Sender<()>,
 }
@@ -299,9 +303,12 @@ impl<H: Handler> Conn<H> {
     /// Serves the connection (plain or TLS) until it ends. Shutdown or `idle` with no
     /// request in flight and none started closes it gracefully: HTTP/1.1 after the current
     /// response, HTTP/2 with GOAWAY, letting open streams finish.
+    ///
+    /// The bytes are read through [`framing::watch`], which judges each HTTP/1 request
+    /// head (hyper hides ambiguous framing) and tags the request with the verdict.
     async fn serve<I>(self, io: I, secure: bool)
     where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let Conn {
             builder,
@@ -309,8 +316,10 @@ impl<H: Handler> Conn<H> {
             peer,
             mut shutdown,
             idle,
+            max_head,
             _open,
         } = self;
+        let (io, verdicts) = framing::watch(io, max_head, peer);
         let activity = Arc::new(Activity::default());
         let service = service_fn({
             let activity = activity.clone();
@@ -320,6 +329,7 @@ impl<H: Handler> Conn<H> {
                 if secure {
                     req.extensions_mut().insert(TlsConnection);
                 }
+                verdicts.tag(&mut req);
                 activity.started.fetch_add(1, Ordering::Relaxed);
                 activity.in_flight.fetch_add(1, Ordering::Relaxed);
                 async move {
@@ -329,7 +339,7 @@ impl<H: Handler> Conn<H> {
                 }
             }
         });
-        let conn = builder.serve_connection_with_upgrades(io, service);
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(conn);
         let idle_timer = tokio::time::sleep(idle);
         tokio::pin!(idle_timer);

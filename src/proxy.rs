@@ -1,7 +1,7 @@
 //! The request pipeline: one method per phase, called in order by [`Gateway::handle`].
 //!
 //! ```text
-//! route ─► public endpoints (metadata, smart-configuration, CORS preflight)
+//! framing ─► route ─► public endpoints (metadata, smart-configuration, CORS preflight)
 //!   └─► authenticate ─► classify ─► authorize ─► write checks ─► forward ─► filter
 //!                                                                       └─► audit + metrics
 //! ```
@@ -34,6 +34,7 @@ use crate::cors::Cors;
 use crate::discovery::{Discovery, DiscoveryError};
 use crate::filter::{self, FilterContext, FilterError, Visibility};
 use crate::forward::{self, ClientInfo, Upstream, UpstreamError};
+use crate::framing::{self, Framing, FramingError};
 use crate::listen::{Handler, TlsConnection};
 use crate::metadata::{self, Advertised, TtlCache};
 use crate::metrics::{Metrics, RequestLabels, ResultLabels, status_class};
@@ -84,6 +85,8 @@ struct Early {
     decision: &'static str,
     reason: String,
     www_authenticate: Option<String>,
+    /// Answer with `Connection: close`: the rest of the connection's bytes cannot be trusted.
+    close: bool,
 }
 
 impl Early {
@@ -95,6 +98,7 @@ impl Early {
             decision: "deny",
             reason: String::new(),
             www_authenticate: None,
+            close: false,
         }
     }
 
@@ -192,6 +196,12 @@ impl Gateway {
         if let Some(w) = www_authenticate.and_then(|w| HeaderValue::from_str(&w).ok()) {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, w);
         }
+        if early.close {
+            // hyper closes an HTTP/1 connection after this response (and drops the header
+            // on HTTP/2, where it is illegal).
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     }
 
@@ -204,6 +214,13 @@ impl Gateway {
         rec: &mut Record,
     ) -> Phase<Response<ProxyBody>> {
         let (parts, incoming) = req.into_parts();
+        // Phase 0: where the body ends must be beyond doubt before anything else is read.
+        framing::check(
+            parts.version,
+            &parts.headers,
+            parts.extensions.get::<Framing>(),
+        )
+        .map_err(|e| framing_error(e, rec))?;
         let path = parts.uri.path().to_owned();
         let query = parts.uri.query().map(str::to_owned);
         let rel = match self.route(&path) {
@@ -245,7 +262,7 @@ impl Gateway {
             .authenticate(&parts.headers, query.as_deref(), rec)
             .await?;
         // A body announced larger than the limit is refused before anything is read or sent
-        // (hyper has already refused ambiguous or malformed Content-Length framing).
+        // (ambiguous or malformed framing was refused in phase 0).
         if http_body::Body::size_hint(&incoming)
             .exact()
             .is_some_and(|n| n > self.max_body_bytes)
@@ -1417,6 +1434,20 @@ fn classify_error(e: ClassifyError, rec: &mut Record) -> Early {
         _ => "invalid",
     };
     Early::new(status, issue, e.to_string()).decision("invalid", "classify")
+}
+
+/// Ambiguous request framing: refused before anything is read or forwarded, and the
+/// connection closed, since where the next request would start is in doubt.
+fn framing_error(e: FramingError, rec: &mut Record) -> Early {
+    rec.detail = e.to_string();
+    let mut early = Early::new(
+        StatusCode::BAD_REQUEST,
+        "structure",
+        format!("{e}; ambiguous HTTP/1 framing is refused"),
+    )
+    .decision("invalid", e.code());
+    early.close = true;
+    early
 }
 
 fn filter_error(e: FilterError, rec: &mut Record) -> Early {
