@@ -12,7 +12,7 @@
 # Built without a sanitizer (`-s none`): the crate is `#![forbid(unsafe_code)]`, so AddressSanitizer
 # finds little, while panics, overflows (debug assertions and overflow checks stay on) and
 # timeouts are what the fuzzers look for; skipping ASan and building with 16 codegen units
-# cuts a cold build from 5-20 min to ~3-4 min on 2 cores. All targets build in one cargo run
+# cuts a cold build from 5-20 min to ~4 min on 2 cores. All targets build in one cargo run
 # into fuzz/target (its own workspace, never the shared target dir), and each target runs its
 # built binary directly, so nothing is rebuilt between runs.
 # Seeds (fuzz/seeds/<target>/, committed, from the test suites via fuzz/make_seeds.py) are
