@@ -3,7 +3,7 @@
 //! values (they can carry PHI) only when `audit.log_query_values` is on.
 
 use std::io::Write;
-use std::sync::Mutex;
+use std::sync::RwLock;
 
 use serde::Serialize;
 
@@ -65,13 +65,13 @@ pub struct Record {
 
 /// Where audit lines go.
 ///
-/// Every line is one `write(2)` on a descriptor of our own, with no lock in the process:
-/// appends to a regular file are atomic, and so are pipe writes of at most `PIPE_BUF`
-/// bytes; only longer lines (rare: very long paths) are serialised by a mutex so that two
-/// workers' lines never interleave on a pipe.
+/// Every line is one `write(2)` on a descriptor of our own: appends to a regular file are
+/// atomic, and so are pipe writes of at most `PIPE_BUF` bytes, so such lines share a read
+/// lock (no waiting). A longer line (rare: a very long path) may be split on a pipe, so it
+/// takes the write lock and no other line can land inside it.
 pub struct AuditLog {
     sink: std::fs::File,
-    long_lines: Mutex<()>,
+    writers: RwLock<()>,
     /// Whether query values may be logged.
     pub log_query_values: bool,
 }
@@ -94,7 +94,7 @@ impl AuditLog {
         };
         Ok(AuditLog {
             sink,
-            long_lines: Mutex::new(()),
+            writers: RwLock::new(()),
             log_query_values,
         })
     }
@@ -108,9 +108,12 @@ impl AuditLog {
         }
         line.push(b'\n');
         let written = match line.len() <= PIPE_BUF {
-            true => (&self.sink).write_all(&line),
+            true => {
+                let _shared = self.writers.read();
+                (&self.sink).write_all(&line)
+            }
             false => {
-                let _one_at_a_time = self.long_lines.lock();
+                let _alone = self.writers.write();
                 (&self.sink).write_all(&line)
             }
         };

@@ -132,45 +132,58 @@ pub struct ServeOptions {
     pub grace: Duration,
 }
 
-/// Serves `handler` on one worker thread per socket (see the module docs) and resolves
-/// when every worker has drained after shutdown.
-pub async fn serve_workers<H: Handler>(
-    sockets: Vec<std::net::TcpListener>,
-    handler: Arc<H>,
-    options: ServeOptions,
-) -> std::io::Result<()> {
-    let permits = Arc::new(Semaphore::new(options.limits.max_connections));
-    let options = Arc::new(options);
-    let mut finished = Vec::with_capacity(sockets.len());
-    for (index, socket) in sockets.into_iter().enumerate() {
-        let (done, finished_rx) = oneshot::channel::<()>();
-        let (handler, options, permits) = (handler.clone(), options.clone(), permits.clone());
-        std::thread::Builder::new()
-            .name(format!("smartgate-w{index}"))
-            .spawn(move || {
-                WORKER.with(|w| w.set(Some(index)));
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => return tracing::error!(error = %e, index, "worker runtime failed"),
-                };
-                runtime.block_on(async move {
-                    tokio::spawn(heartbeat());
-                    match TcpListener::from_std(socket) {
-                        Ok(listener) => serve(listener, handler, &options, permits).await,
-                        Err(e) => tracing::error!(error = %e, index, "worker socket failed"),
-                    }
-                });
-                drop(done);
-            })?;
-        finished.push(finished_rx);
+/// The worker threads serving the public port (see the module docs).
+pub struct Workers {
+    finished: Vec<oneshot::Receiver<()>>,
+}
+
+impl Workers {
+    /// Starts one worker thread per socket, each serving `handler` on its own event loop.
+    /// Every event loop and listener is made before the first thread starts, so a failure
+    /// stops the start-up instead of leaving fewer workers running.
+    pub fn start<H: Handler>(
+        sockets: Vec<std::net::TcpListener>,
+        handler: Arc<H>,
+        options: ServeOptions,
+    ) -> std::io::Result<Workers> {
+        let mut loops = Vec::with_capacity(sockets.len());
+        for socket in sockets {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let listener = {
+                let _in_runtime = runtime.enter();
+                TcpListener::from_std(socket)?
+            };
+            loops.push((runtime, listener));
+        }
+        let permits = Arc::new(Semaphore::new(options.limits.max_connections));
+        let options = Arc::new(options);
+        let mut finished = Vec::with_capacity(loops.len());
+        for (index, (runtime, listener)) in loops.into_iter().enumerate() {
+            let (done, finished_rx) = oneshot::channel::<()>();
+            let (handler, options, permits) = (handler.clone(), options.clone(), permits.clone());
+            std::thread::Builder::new()
+                .name(format!("smartgate-w{index}"))
+                .spawn(move || {
+                    WORKER.with(|w| w.set(Some(index)));
+                    runtime.block_on(async move {
+                        tokio::spawn(heartbeat());
+                        serve(listener, handler, &options, permits).await;
+                    });
+                    drop(done);
+                })?;
+            finished.push(finished_rx);
+        }
+        Ok(Workers { finished })
     }
-    for worker in finished {
-        let _ = worker.await;
+
+    /// Resolves when every worker has drained after shutdown.
+    pub async fn join(self) {
+        for worker in self.finished {
+            let _ = worker.await;
+        }
     }
-    Ok(())
 }
 
 /// Keeps a timer due within half a second on this worker's event loop, forever.
@@ -286,6 +299,24 @@ struct Activity {
     in_flight: AtomicUsize,
 }
 
+/// A request counted in [`Activity::in_flight`] until dropped: also when its future is
+/// (a client reset or disconnect), so an abandoned request never keeps a connection open.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn start(activity: Arc<Activity>) -> Self {
+        activity.started.fetch_add(1, Ordering::Relaxed);
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// One accepted connection and what serving it needs.
 struct Conn<H> {
     builder: Arc<auto::Builder<TokioExecutor>>,
@@ -330,11 +361,10 @@ impl<H: Handler> Conn<H> {
                     req.extensions_mut().insert(TlsConnection);
                 }
                 verdicts.tag(&mut req);
-                activity.started.fetch_add(1, Ordering::Relaxed);
-                activity.in_flight.fetch_add(1, Ordering::Relaxed);
+                let in_flight = InFlight::start(activity);
                 async move {
                     let resp = handler.handle(req, peer).await;
-                    activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    drop(in_flight);
                     Ok::<_, Infallible>(resp)
                 }
             }

@@ -62,18 +62,20 @@ pub async fn run(cfg: Arc<Config>) -> Result<(), StartError> {
         }
         None => None,
     };
-    tracing::info!(listen = %cfg.listen, workers = public_sockets.len(), tls = tls.is_some(), admin = %cfg.admin_listen, upstream = %cfg.upstream.url, "smartgate started");
+    let workers = public_sockets.len();
     let grace = cfg.shutdown.grace.0;
-    let public = tokio::spawn(listen::serve_workers(
+    let public = listen::Workers::start(
         public_sockets,
         gateway,
         ServeOptions {
             limits: cfg.limits.clone(),
-            tls,
+            tls: tls.clone(),
             shutdown: stop_rx.clone(),
             grace,
         },
-    ));
+    )
+    .map_err(StartError::Workers)?;
+    tracing::info!(listen = %cfg.listen, workers, tls = tls.is_some(), admin = %cfg.admin_listen, upstream = %cfg.upstream.url, "smartgate started");
     let admin_options = ServeOptions {
         limits: crate::config::Limits::default(),
         tls: None,
@@ -87,13 +89,10 @@ pub async fn run(cfg: Arc<Config>) -> Result<(), StartError> {
     listen::termination().await;
     tracing::info!("shutting down: draining in-flight requests");
     let _ = stop_tx.send(true);
-    let workers = public.await;
+    public.join().await;
     let _ = admin_task.await;
     tracing::info!("stopped");
-    match workers {
-        Ok(Err(e)) => Err(StartError::Workers(e)),
-        _ => Ok(()),
-    }
+    Ok(())
 }
 
 /// Builds both handlers and binds both listeners (the public one once per worker).
