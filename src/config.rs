@@ -83,6 +83,12 @@ pub struct UpstreamConfig {
     /// Idle pooled connections are closed after this.
     #[serde(default = "default_pool_idle")]
     pub pool_idle_timeout: HumanDuration,
+    /// At most this many requests are in flight upstream at once (split evenly over the
+    /// workers); the rest wait here, within `timeout`. A legacy server behind the proxy
+    /// serves a few hundred concurrent requests at best: more connections only move the
+    /// queue there, and cost memory here.
+    #[serde(default = "default_upstream_connections")]
+    pub max_connections: usize,
     /// Credentials the proxy presents upstream (the app's token never is).
     #[serde(default)]
     pub auth: UpstreamAuth,
@@ -280,6 +286,9 @@ fn default_connect_timeout() -> HumanDuration {
 fn default_pool_idle() -> HumanDuration {
     secs(90)
 }
+fn default_upstream_connections() -> usize {
+    256
+}
 fn default_grace() -> HumanDuration {
     secs(30)
 }
@@ -367,6 +376,18 @@ impl Config {
         if self.limits.max_connections > 10_000_000 {
             out.push((
                 "limits.max_connections".into(),
+                "must be at most 10000000".into(),
+            ));
+        }
+        if self.upstream.max_connections == 0 {
+            out.push((
+                "upstream.max_connections".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if self.upstream.max_connections > 10_000_000 {
+            out.push((
+                "upstream.max_connections".into(),
                 "must be at most 10000000".into(),
             ));
         }

@@ -5,10 +5,17 @@
 //! boundary: hop-by-hop headers, the app's `Authorization`, cookies and client-sent
 //! `X-Forwarded-*`/`Forwarded` never go upstream; the proxy sets its own.
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::body::ProxyBody;
 use crate::config::BaseUrl;
@@ -70,6 +77,10 @@ pub struct Upstream {
     base: BaseUrl,
     /// One pool per worker, so a request and the upstream connection it uses share a thread.
     clients: PerWorker<HttpClient>,
+    /// Each pool's share of `upstream.max_connections`: a request holds one slot from
+    /// before its connection is checked out until its response body ends, so a pool never
+    /// has more connections busy than it has slots (and opens no more than that).
+    slots: PerWorker<Arc<Semaphore>>,
     timeout: Duration,
     credentials: Option<HeaderValue>,
 }
@@ -88,16 +99,21 @@ pub enum UpstreamError {
 }
 
 impl Upstream {
-    /// `credentials` is a complete `Authorization` value from `upstream.auth`, if any.
+    /// `credentials` is a complete `Authorization` value from `upstream.auth`, if any;
+    /// `max_connections` is split evenly over the pools (at least one slot each).
     pub fn new(
         base: BaseUrl,
         clients: PerWorker<HttpClient>,
+        max_connections: usize,
         timeout: Duration,
         credentials: Option<HeaderValue>,
     ) -> Self {
+        let per_pool = max_connections.div_ceil(clients.workers().max(1)).max(1);
+        let slots = PerWorker::new(clients.workers(), || Arc::new(Semaphore::new(per_pool)));
         Upstream {
             base,
             clients,
+            slots,
             timeout,
             credentials,
         }
@@ -160,25 +176,65 @@ impl Upstream {
         Ok(req)
     }
 
-    /// Sends `req`; the response head must arrive within the configured timeout. The body
-    /// streams afterwards.
+    /// Sends `req`; a free connection slot and then the response head must arrive within
+    /// the configured timeout. The body streams afterwards, holding the slot.
     pub async fn send(
         &self,
         req: Request<ProxyBody>,
-    ) -> Result<Response<hyper::body::Incoming>, UpstreamError> {
-        match tokio::time::timeout(self.timeout, self.clients.current().request(req)).await {
-            Err(_) => Err(UpstreamError::Timeout),
-            Ok(Err(e)) => {
-                if caused_by::<http_body_util::LengthLimitError>(&e) {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let slots = self.slots.current().clone();
+        let call = async {
+            let slot = slots
+                .acquire_owned()
+                .await
+                .map_err(|_| UpstreamError::Unavailable("connection slots closed".into()))?;
+            match self.clients.current().request(req).await {
+                Ok(resp) => Ok(resp.map(|body| UpstreamBody {
+                    body,
+                    slot: Some(slot),
+                })),
+                Err(e) if caused_by::<http_body_util::LengthLimitError>(&e) => {
                     Err(UpstreamError::BodyTooLarge)
-                } else if is_timeout(&e) {
-                    Err(UpstreamError::Timeout)
-                } else {
-                    Err(UpstreamError::Unavailable(e.to_string()))
                 }
+                Err(e) if is_timeout(&e) => Err(UpstreamError::Timeout),
+                Err(e) => Err(UpstreamError::Unavailable(e.to_string())),
             }
-            Ok(Ok(resp)) => Ok(resp),
+        };
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout))
+    }
+}
+
+/// An upstream response body that gives its connection slot back when it ends (or is
+/// dropped unfinished).
+pub struct UpstreamBody {
+    body: Incoming,
+    slot: Option<OwnedSemaphorePermit>,
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
+            this.slot = None;
         }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

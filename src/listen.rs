@@ -77,6 +77,11 @@ impl<T> PerWorker<T> {
         }
     }
 
+    /// How many workers have a value of their own.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
     /// The calling thread's value.
     pub fn current(&self) -> &T {
         worker_index()

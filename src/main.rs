@@ -10,6 +10,10 @@ use smartgate::authorize::Rules;
 use smartgate::config::{Config, ConfigError};
 use smartgate::policy::{self, PolicySet, cases};
 
+/// mimalloc: about 10% less CPU per proxied request than glibc's malloc (README, design).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// smartgate: SMART on FHIR authorization in front of a FHIR server that has none.
 ///
 /// Every request needs a bearer token (JWT checked against the issuer's JWKS, or an

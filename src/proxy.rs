@@ -33,7 +33,7 @@ use crate::config::BaseUrl;
 use crate::cors::Cors;
 use crate::discovery::{Discovery, DiscoveryError};
 use crate::filter::{self, FilterContext, FilterError, Visibility};
-use crate::forward::{self, ClientInfo, Upstream, UpstreamError};
+use crate::forward::{self, ClientInfo, Upstream, UpstreamBody, UpstreamError};
 use crate::framing::{self, Framing, FramingError};
 use crate::listen::{Handler, TlsConnection};
 use crate::metadata::{self, Advertised, TtlCache};
@@ -963,7 +963,11 @@ impl Gateway {
     }
 
     /// Sends a request upstream, timing it and noting its status for the audit line.
-    async fn send(&self, up: Request<ProxyBody>, rec: &mut Record) -> Phase<Response<Incoming>> {
+    async fn send(
+        &self,
+        up: Request<ProxyBody>,
+        rec: &mut Record,
+    ) -> Phase<Response<UpstreamBody>> {
         let started = Instant::now();
         let resp = self.upstream.send(up).await.map_err(upstream_error)?;
         self.metrics

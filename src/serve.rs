@@ -127,6 +127,7 @@ pub async fn build(
     let upstream = Arc::new(Upstream::new(
         upstream_base.clone(),
         clients,
+        cfg.upstream.max_connections,
         cfg.upstream.timeout.0,
         credentials,
     ));

@@ -670,3 +670,73 @@ fn upstream_faults_when_streaming_end_the_response_without_hanging() {
     }
     assert_healthy(&proxy);
 }
+
+/// `upstream.max_connections` bounds what the upstream sees at once, whatever the client
+/// load: the rest wait in smartgate, and a wait longer than `upstream.timeout` is a 504.
+#[test]
+fn upstream_concurrency_is_capped_and_waiting_counts_against_the_timeout() {
+    let now = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (n, p) = (Arc::clone(&now), Arc::clone(&peak));
+    let server = faulty::start(move |_req| {
+        let mine = n.fetch_add(1, Ordering::SeqCst) + 1;
+        p.fetch_max(mine, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(150));
+        n.fetch_sub(1, Ordering::SeqCst);
+        Reply::json(200, own_obs("ok"))
+    });
+    // Two workers with one slot each: at most two requests upstream at a time.
+    let proxy =
+        Proxy::start_with_upstream(&server.url, "10s", "  max_connections: 2\n", "workers: 2\n");
+    let token = proxy.token("user/Observation.rs", None);
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..12)
+            .map(|_| s.spawn(|| proxy.get("Observation/f-ok", &token).status))
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    assert_eq!(statuses, vec![200; 12]);
+    let seen = peak.load(Ordering::SeqCst);
+    assert!((1..=2).contains(&seen), "{seen} requests upstream at once");
+    assert_eq!(server.hits(), 12);
+
+    // One slot and a 1 s timeout: of five 400 ms requests at once, the last ones time out
+    // while still waiting for the slot, with a clear 504 and an audit reason.
+    let slow = faulty::start(|_req| {
+        std::thread::sleep(Duration::from_millis(400));
+        Reply::json(200, own_obs("ok"))
+    });
+    let proxy =
+        Proxy::start_with_upstream(&slow.url, "1s", "  max_connections: 1\n", "workers: 1\n");
+    let token = proxy.token("user/Observation.rs", None);
+    let replies: Vec<(Resp, Duration)> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..5)
+            .map(|_| s.spawn(|| timed(|| proxy.get("Observation/f-ok", &token))))
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    let ok = replies.iter().filter(|(r, _)| r.status == 200).count();
+    assert!(
+        (1..=3).contains(&ok),
+        "{ok} of 5 got through one slot in 1 s"
+    );
+    for (r, took) in &replies {
+        assert!(*took < Duration::from_millis(2500), "took {took:?}");
+        if r.status != 200 {
+            assert_outcome(r, 504);
+        }
+    }
+    assert!(
+        slow.hits() <= 3,
+        "{} requests reached the upstream",
+        slow.hits()
+    );
+    assert!(
+        proxy
+            .audit_lines()
+            .iter()
+            .any(|l| l["reason"] == "upstream-timeout"),
+        "no audit line says upstream-timeout"
+    );
+    assert_healthy(&proxy);
+}

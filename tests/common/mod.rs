@@ -220,6 +220,17 @@ impl Proxy {
         Self::launch("", Some(upstream_url), None, "10s", upstream_keys, &[])
     }
 
+    /// A proxy for `upstream_url` with `upstream.timeout`, more `upstream:` keys (indented by
+    /// two spaces) and more top-level keys.
+    pub fn start_with_upstream(
+        upstream_url: &str,
+        timeout: &str,
+        upstream_keys: &str,
+        extra: &str,
+    ) -> Proxy {
+        Self::launch(extra, Some(upstream_url), None, timeout, upstream_keys, &[])
+    }
+
     fn launch(
         extra: &str,
         upstream_url: Option<&str>,
