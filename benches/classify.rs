@@ -8,6 +8,10 @@ use smartgate::classify::{RawRequest, classify};
 use smartgate::scope::ScopeSet;
 use std::hint::black_box;
 
+/// The allocator the binary uses (src/main.rs), so the figures match production.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn grant() -> Grant {
     Grant {
         issuer: None,

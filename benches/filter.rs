@@ -10,6 +10,10 @@ use smartgate::authorize::View;
 use smartgate::filter::{FilterContext, NonMemberAccess, filter_bundle};
 use smartgate::scope::{Context, Letter, ScopeSet};
 
+/// The allocator the binary uses (src/main.rs), so the figures match production.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const UP: &str = "http://upstream:8080/fhir";
 
 fn bundle(target_bytes: usize) -> Vec<u8> {

@@ -13,6 +13,10 @@ use serde_json::json;
 use smartgate::authenticate::{AuthConfig, Authenticator, IntrospectionConfig, JwtConfig};
 use smartgate::net;
 
+/// The allocator the binary uses (src/main.rs), so the figures match production.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn bearer(token: &str) -> http::HeaderMap {
     let mut h = http::HeaderMap::new();
     h.insert(
