@@ -2,15 +2,17 @@
 //! body ends. A proxy whose parser and the upstream's disagree on that boundary can be made
 //! to forward a request it never saw (request smuggling), so every doubtful form is refused.
 //!
-//! hyper refuses most of them itself (differing `Content-Length`s, a `Transfer-Encoding` not
-//! ending in `chunked`, `Transfer-Encoding` on HTTP/1.0: 400 and close), but it *accepts* two
-//! and hides them from the handler: with both `Content-Length` and `Transfer-Encoding` it
-//! drops the `Content-Length` and reads chunked, and it folds repeated identical
-//! `Content-Length`s into one. So [`watch`] wraps each connection's byte stream, judges every
-//! request head with hyper's own parser (httparse) as hyper reads it, follows each body to
-//! the next head, and hands the verdict to the request as a [`Framing`] extension; the
-//! pipeline's first phase ([`check`]) refuses anything but one plain length or one plain
-//! `chunked`.
+//! hyper alone is not enough: it *accepts* two doubtful forms and hides them from the
+//! handler (with both `Content-Length` and `Transfer-Encoding` it drops the length and reads
+//! chunked; it folds repeated identical `Content-Length`s into one), and it refuses the
+//! others (differing lengths, a `Transfer-Encoding` not ending in `chunked`, one on HTTP/1.0)
+//! with an empty 400 that no audit line records. So [`watch`] wraps each connection's byte
+//! stream, judges every request head with hyper's own parser (httparse) before hyper sees
+//! it, and follows each body to the next head. An accepted head reaches hyper unchanged; a
+//! refused one reaches it as its request line alone, with nothing after it, so hyper reads a
+//! bodiless request and the pipeline's first phase ([`check`]) answers it: 400 with an
+//! OperationOutcome, `Connection: close` and an audit line. The verdict travels with the
+//! request as a [`Framing`] extension.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -162,15 +164,20 @@ pub fn check(
 }
 
 /// The verdicts a connection's watcher reaches on `stream` when it arrives `piece` bytes at
-/// a time. For the fuzz target: they must not depend on how the bytes arrive.
+/// a time, and the bytes it hands to hyper. For the fuzz target: neither may depend on how
+/// the bytes arrive.
 #[doc(hidden)]
-pub fn scan(stream: &[u8], piece: usize) -> Vec<Result<(), FramingError>> {
+pub fn scan(stream: &[u8], piece: usize) -> (Vec<Result<(), FramingError>>, Vec<u8>) {
     let mut scanner = Scanner::new(64 * 1024);
-    let mut out = Vec::new();
+    let (mut verdicts, mut passed) = (Vec::new(), Vec::new());
     for part in stream.chunks(piece.max(1)) {
-        scanner.feed(part, &mut |v| out.push(v));
+        match scanner.feed(part, &mut |v| verdicts.push(v)) {
+            Edit::Keep => passed.extend_from_slice(part),
+            Edit::Truncate(n) => passed.extend_from_slice(part.get(..n).unwrap_or(part)),
+            Edit::Replace(bytes) => passed.extend_from_slice(&bytes),
+        }
     }
-    out
+    (verdicts, passed)
 }
 
 /// Wraps a connection's byte stream so that every HTTP/1 request head is judged as hyper
@@ -185,6 +192,8 @@ pub fn watch<S>(io: S, max_head: usize, peer: SocketAddr) -> (Watch<S>, Verdicts
         io,
         scanner: Scanner::new(max_head),
         verdicts: verdicts.clone(),
+        queued: Vec::new(),
+        handed: 0,
     };
     (watch, verdicts)
 }
@@ -200,11 +209,11 @@ struct Queue {
 }
 
 impl Drop for Queue {
-    /// A refused head that no request took was refused by hyper itself (400 and close,
-    /// before the pipeline): log it, since no audit line will.
+    /// A refused head that no request took never reached the pipeline (the client left
+    /// first): log it, since no audit line will.
     fn drop(&mut self) {
         for e in self.pending.iter().filter_map(|v| v.err()) {
-            tracing::warn!(peer = %self.peer, reason = e.code(), "HTTP/1 framing refused by the parser: {e}");
+            tracing::warn!(peer = %self.peer, reason = e.code(), "HTTP/1 framing refused before a request was read: {e}");
         }
     }
 }
@@ -233,23 +242,59 @@ pub struct Watch<S> {
     io: S,
     scanner: Scanner,
     verdicts: Verdicts,
+    /// Rewritten bytes that did not fit the caller's buffer, handed over before any read.
+    queued: Vec<u8>,
+    /// How much of `queued` has been handed over.
+    handed: usize,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Watch<S> {
+    /// Reads into `buf` and lets the scanner edit what was read: usually nothing (no copy),
+    /// otherwise a head held back until it is complete, or a refused head's request line.
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
         let this = &mut *self;
-        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = polled {
+        loop {
+            if let Some(rest) = this.queued.get(this.handed..).filter(|r| !r.is_empty()) {
+                let n = rest.len().min(buf.remaining());
+                buf.put_slice(rest.get(..n).unwrap_or_default());
+                this.handed += n;
+                if this.handed == this.queued.len() {
+                    (this.queued, this.handed) = (Vec::new(), 0);
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.scanner.state == State::Refused {
+                // Nothing after a refused head is read: the answer closes the connection.
+                return Poll::Pending;
+            }
+            let before = buf.filled().len();
+            if let Err(e) = std::task::ready!(Pin::new(&mut this.io).poll_read(cx, buf)) {
+                return Poll::Ready(Err(e));
+            }
             let fresh = buf.filled().get(before..).unwrap_or_default();
+            if fresh.is_empty() {
+                return Poll::Ready(Ok(())); // end of stream
+            }
             let verdicts = &this.verdicts;
-            this.scanner.feed(fresh, &mut |v| verdicts.push(v));
+            match this.scanner.feed(fresh, &mut |v| verdicts.push(v)) {
+                Edit::Keep => return Poll::Ready(Ok(())),
+                // Only shrinks: `n` is at most the number of bytes just read.
+                Edit::Truncate(n) => buf.set_filled(before + n),
+                Edit::Replace(bytes) => {
+                    buf.set_filled(before);
+                    (this.queued, this.handed) = (bytes, 0);
+                }
+            }
+            if buf.filled().len() > before {
+                return Poll::Ready(Ok(()));
+            }
+            // Everything read was held back or queued: hand over the queue, or read on
+            // (an empty ready read would tell hyper the stream ended).
         }
-        polled
     }
 }
 
@@ -285,14 +330,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watch<S> {
 
 /// Follows an HTTP/1 request stream the way hyper does: a head (ended by an empty line,
 /// parsed by httparse like hyper's), then its body (a length, or chunks decoded by the
-/// same strict rules), then the next head. Anything hyper would refuse (a head it cannot
-/// parse, a malformed chunk) makes hyper close the connection, so the scanner stops there;
-/// it also stops after a refused head (the answer closes the connection) and on the HTTP/2
-/// preface (no HTTP/1 framing follows).
+/// same strict rules), then the next head. A head reaches hyper only once it is complete
+/// and judged. Anything hyper would refuse (a head it cannot parse, one too large, a
+/// malformed chunk) makes hyper close the connection, so from there on the scanner passes
+/// bytes through unread, as it does after the HTTP/2 preface (no HTTP/1 framing follows).
+/// After a refused head it passes nothing more.
 #[derive(Debug)]
 struct Scanner {
     state: State,
-    /// The head so far, when it spans reads.
+    /// The head so far, held back from hyper, when it spans reads.
     head: Vec<u8>,
     /// Where the head's end-of-line search stands.
     eol: Eol,
@@ -304,7 +350,71 @@ enum State {
     Head,
     Length(u64),
     Chunk(Chunk),
+    /// Not following any more: bytes pass through.
     Done,
+    /// A head was refused: no byte after it is passed.
+    Refused,
+}
+
+/// What becomes of one read's bytes.
+#[derive(Debug, PartialEq, Eq)]
+enum Edit {
+    /// Passed as they are (the usual case: no copy).
+    Keep,
+    /// Only the first `n` pass; the rest (the start of a head) is held back.
+    Truncate(usize),
+    /// These bytes pass instead.
+    Replace(Vec<u8>),
+}
+
+/// Builds a read's [`Edit`]: stays a prefix of the input, without copying, until something
+/// is inserted or skipped.
+struct Out<'a> {
+    data: &'a [u8],
+    /// `data[..same]` passes unchanged (while `copy` is `None`).
+    same: usize,
+    copy: Option<Vec<u8>>,
+}
+
+impl<'a> Out<'a> {
+    fn new(data: &'a [u8]) -> Self {
+        Out {
+            data,
+            same: 0,
+            copy: None,
+        }
+    }
+
+    fn copy(&mut self) -> &mut Vec<u8> {
+        let (data, same) = (self.data, self.same);
+        self.copy
+            .get_or_insert_with(|| data.get(..same).unwrap_or_default().to_vec())
+    }
+
+    /// `data[from..to]` passes.
+    fn pass(&mut self, from: usize, to: usize) {
+        if self.copy.is_none() && from == self.same {
+            self.same = to;
+        } else {
+            let part = self.data.get(from..to).unwrap_or_default();
+            self.copy().extend_from_slice(part);
+        }
+    }
+
+    /// `bytes` pass here, in place of whatever input was skipped.
+    fn put(&mut self, bytes: &[u8]) {
+        if !bytes.is_empty() {
+            self.copy().extend_from_slice(bytes);
+        }
+    }
+
+    fn edit(self) -> Edit {
+        match self.copy {
+            Some(bytes) => Edit::Replace(bytes),
+            None if self.same == self.data.len() => Edit::Keep,
+            None => Edit::Truncate(self.same),
+        }
+    }
 }
 
 /// hyper's chunked decoder states (proto/h1/decode.rs), trailers included.
@@ -338,36 +448,56 @@ impl Scanner {
         }
     }
 
-    fn feed(&mut self, mut data: &[u8], emit: &mut dyn FnMut(Result<(), FramingError>)) {
-        while !data.is_empty() {
+    /// Judges the heads in one read's bytes, emitting a verdict for each complete one, and
+    /// says what of the bytes hyper gets.
+    fn feed(&mut self, data: &[u8], emit: &mut dyn FnMut(Result<(), FramingError>)) -> Edit {
+        let mut out = Out::new(data);
+        let mut at = 0;
+        while let Some(rest) = data.get(at..).filter(|r| !r.is_empty()) {
             let used = match self.state {
-                State::Done => return,
-                State::Head => self.head_bytes(data, emit),
+                State::Done => {
+                    out.pass(at, data.len());
+                    rest.len()
+                }
+                State::Refused => rest.len(),
+                State::Head => self.head_bytes(rest, at, &mut out, emit),
                 State::Length(left) => {
-                    let n = left.min(data.len() as u64);
-                    self.state = match left - n {
+                    // n ≤ rest.len(), so it fits.
+                    let n = usize::try_from(left.min(rest.len() as u64)).unwrap_or(rest.len());
+                    self.state = match left - n as u64 {
                         0 => State::Head,
-                        rest => State::Length(rest),
+                        left => State::Length(left),
                     };
-                    // n ≤ data.len(), so it fits.
-                    usize::try_from(n).unwrap_or(data.len())
+                    out.pass(at, at + n);
+                    n
                 }
                 State::Chunk(c) => {
-                    let (used, next) = chunk(c, data);
+                    let (used, next) = chunk(c, rest);
                     self.state = next;
+                    out.pass(at, at + used);
                     used
                 }
             };
-            data = data.get(used..).unwrap_or_default();
+            at += used;
         }
+        out.edit()
     }
 
-    /// Consumes head bytes up to and including the empty line that ends the head.
-    fn head_bytes(&mut self, data: &[u8], emit: &mut dyn FnMut(Result<(), FramingError>)) -> usize {
+    /// Consumes head bytes (`data`, found at `at` in the read) up to and including the
+    /// empty line that ends the head; passes the head once complete and accepted.
+    fn head_bytes(
+        &mut self,
+        data: &[u8],
+        at: usize,
+        out: &mut Out<'_>,
+        emit: &mut dyn FnMut(Result<(), FramingError>),
+    ) -> usize {
         let end = self.find_head_end(data);
         let taken = data.get(..end.unwrap_or(data.len())).unwrap_or(data);
         if self.head.len() + taken.len() > self.max_head {
-            // hyper answers 431 and closes: nothing more to follow.
+            // hyper answers 431 and closes: it gets everything, nothing more is followed.
+            out.put(&std::mem::take(&mut self.head));
+            out.pass(at, at + data.len());
             self.state = State::Done;
             return data.len();
         }
@@ -375,27 +505,40 @@ impl Scanner {
             self.head.extend_from_slice(taken);
             return taken.len();
         };
-        let parsed = if self.head.is_empty() {
-            parse_head(taken)
-        } else {
+        let held = !self.head.is_empty();
+        let parsed = if held {
             self.head.extend_from_slice(taken);
             parse_head(&self.head)
+        } else {
+            parse_head(taken)
+        };
+        let whole = |out: &mut Out<'_>, head: &[u8]| {
+            if held {
+                out.put(head);
+            } else {
+                out.pass(at, at + end);
+            }
         };
         match parsed {
             // Only empty lines so far (both parsers skip them before a request line).
             Parsed::Partial => {
-                if self.head.is_empty() {
+                if !held {
                     self.head.extend_from_slice(taken);
                 }
                 return end;
             }
-            Parsed::Invalid => self.state = State::Done,
-            Parsed::Head(Err(e)) => {
-                emit(Err(e));
+            Parsed::Invalid => {
+                whole(out, &self.head);
                 self.state = State::Done;
             }
-            Parsed::Head(Ok(len)) => {
+            Parsed::Refused(e, request_line) => {
+                emit(Err(e));
+                out.put(&request_line);
+                self.state = State::Refused;
+            }
+            Parsed::Head(len) => {
                 emit(Ok(()));
+                whole(out, &self.head);
                 self.state = match len {
                     BodyLen::Length(0) => State::Head,
                     BodyLen::Length(n) => State::Length(n),
@@ -425,7 +568,10 @@ impl Scanner {
 enum Parsed {
     Partial,
     Invalid,
-    Head(Result<BodyLen, FramingError>),
+    /// An accepted head, and where its body ends.
+    Head(BodyLen),
+    /// A refused head, and its request line alone as a complete head (no body).
+    Refused(FramingError, Vec<u8>),
 }
 
 /// Parses a complete head as hyper does (httparse, default configuration).
@@ -452,7 +598,16 @@ fn judged(req: &httparse::Request<'_, '_>) -> Parsed {
     // httparse accepts HTTP/1.0 and 1.1 only (the h2 preface fails as a bad version).
     let http11 = req.version == Some(1);
     let headers = req.headers.iter().map(|h| (h.name.as_bytes(), h.value));
-    Parsed::Head(judge(http11, headers))
+    match judge(http11, headers) {
+        Ok(len) => Parsed::Head(len),
+        Err(e) => {
+            // A complete parse has both; httparse checked their characters.
+            let (method, path) = (req.method.unwrap_or("GET"), req.path.unwrap_or("/"));
+            let minor = if http11 { 1 } else { 0 };
+            let line = format!("{method} {path} HTTP/1.{minor}\r\n\r\n");
+            Parsed::Refused(e, line.into_bytes())
+        }
+    }
 }
 
 /// One step of hyper's chunked decoder over `data`: how many bytes it consumed and the
@@ -508,17 +663,24 @@ fn chunk(mut c: Chunk, data: &[u8]) -> (usize, State) {
 mod tests {
     use super::*;
 
-    /// Verdicts for a byte stream fed in pieces of `step` bytes, and the final state.
-    fn scan(stream: &[u8], step: usize) -> (Vec<Result<(), FramingError>>, State) {
+    type Verdicts = Vec<Result<(), FramingError>>;
+
+    /// Verdicts for a byte stream fed in pieces of `step` bytes, the final state, and the
+    /// bytes hyper would get.
+    fn scan(stream: &[u8], step: usize) -> (Verdicts, State, Vec<u8>) {
         let mut s = Scanner::new(16 * 1024);
-        let mut out = Vec::new();
+        let (mut verdicts, mut passed) = (Vec::new(), Vec::new());
         for piece in stream.chunks(step) {
-            s.feed(piece, &mut |v| out.push(v));
+            match s.feed(piece, &mut |v| verdicts.push(v)) {
+                Edit::Keep => passed.extend_from_slice(piece),
+                Edit::Truncate(n) => passed.extend_from_slice(&piece[..n]),
+                Edit::Replace(bytes) => passed.extend_from_slice(&bytes),
+            }
         }
-        (out, s.state)
+        (verdicts, s.state, passed)
     }
 
-    fn every_split(stream: &[u8]) -> (Vec<Result<(), FramingError>>, State) {
+    fn every_split(stream: &[u8]) -> (Verdicts, State, Vec<u8>) {
         let whole = scan(stream, stream.len().max(1));
         for step in [1, 2, 3, 7, 64] {
             assert_eq!(scan(stream, step), whole, "split every {step} bytes");
@@ -528,7 +690,8 @@ mod tests {
 
     fn judged(raw: &str) -> Result<BodyLen, FramingError> {
         match parse_head(raw.as_bytes()) {
-            Parsed::Head(v) => v,
+            Parsed::Head(len) => Ok(len),
+            Parsed::Refused(e, _) => Err(e),
             Parsed::Partial => panic!("partial: {raw:?}"),
             Parsed::Invalid => panic!("invalid: {raw:?}"),
         }
@@ -625,12 +788,62 @@ mod tests {
             "POST /d HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
             "GET /never HTTP/1.1\r\n\r\n",
         );
-        let (verdicts, state) = every_split(stream.as_bytes());
+        let (verdicts, state, passed) = every_split(stream.as_bytes());
         assert_eq!(
             verdicts,
             vec![Ok(()), Ok(()), Ok(()), Err(FramingError::LengthAndChunked)]
         );
-        assert_eq!(state, State::Done);
+        assert_eq!(state, State::Refused);
+        // Everything up to the refused head as it came, then its request line alone.
+        let refused_at = stream.find("POST /d").unwrap();
+        let expected = format!("{}POST /d HTTP/1.1\r\n\r\n", &stream[..refused_at]);
+        assert_eq!(String::from_utf8(passed).unwrap(), expected);
+    }
+
+    #[test]
+    fn accepted_streams_reach_hyper_unchanged_however_they_arrive() {
+        let stream = concat!(
+            "\r\nGET /a HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n",
+            "POST /b HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+            "POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            "GET /d HTTP/1.0\r\n\r\n",
+        );
+        let (verdicts, state, passed) = every_split(stream.as_bytes());
+        assert_eq!(verdicts, vec![Ok(()); 4]);
+        assert_eq!(state, State::Head);
+        assert_eq!(passed, stream.as_bytes());
+        // A head still incomplete is held back, whole, until its end arrives.
+        let mut s = Scanner::new(1024);
+        let mut v = Vec::new();
+        assert_eq!(
+            s.feed(b"GET /a HTTP/1.1\r\nHo", &mut |x| v.push(x)),
+            Edit::Truncate(0)
+        );
+        assert_eq!(
+            s.feed(b"st: x\r\n\r\nGET /b HT", &mut |x| v.push(x)),
+            Edit::Replace(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n".to_vec())
+        );
+        assert_eq!(v, vec![Ok(())]);
+    }
+
+    #[test]
+    fn a_refused_head_reaches_hyper_as_its_request_line_alone() {
+        for (stream, line) in [
+            (
+                "POST /fhir/Patient HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!GET /smuggled HTTP/1.1\r\n\r\n",
+                "POST /fhir/Patient HTTP/1.1\r\n\r\n",
+            ),
+            (
+                "PUT /fhir/Observation/1?x=y HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                "PUT /fhir/Observation/1?x=y HTTP/1.0\r\n\r\n",
+            ),
+        ] {
+            let (verdicts, state, passed) = every_split(stream.as_bytes());
+            assert_eq!(verdicts.len(), 1, "{stream:?}");
+            assert!(verdicts[0].is_err(), "{stream:?}");
+            assert_eq!(state, State::Refused);
+            assert_eq!(String::from_utf8(passed).unwrap(), line, "{stream:?}");
+        }
     }
 
     #[test]
@@ -646,15 +859,22 @@ mod tests {
             // A chunk size that overflows.
             "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n11111111111111111\r\n",
         ] {
-            let (verdicts, state) = every_split(stream.as_bytes());
+            let (verdicts, state, passed) = every_split(stream.as_bytes());
             assert!(verdicts.len() <= 1, "{stream:?}: {verdicts:?}");
             assert_eq!(state, State::Done, "{stream:?}");
+            // hyper gets it all, to refuse or to read as HTTP/2.
+            assert_eq!(passed, stream.as_bytes(), "{stream:?}");
         }
         // A head longer than hyper's buffer.
         let mut s = Scanner::new(100);
-        s.feed(
-            format!("GET / HTTP/1.1\r\nA: {}", "a".repeat(200)).as_bytes(),
-            &mut |_| {},
+        let long = format!("GET / HTTP/1.1\r\nA: {}", "a".repeat(200));
+        assert_eq!(
+            s.feed(&long.as_bytes()[..60], &mut |_| {}),
+            Edit::Truncate(0)
+        );
+        assert_eq!(
+            s.feed(&long.as_bytes()[60..], &mut |_| {}),
+            Edit::Replace(long.as_bytes().to_vec())
         );
         assert_eq!(s.state, State::Done);
     }

@@ -346,8 +346,9 @@ fn ambiguous_framing_gets_400_and_the_connection_closed() {
     let smuggled = format!("DELETE /fhir/Binary/b HTTP/1.1\r\nHost: x\r\n{auth}\r\n");
 
     // Framing hyper accepts but hides from the pipeline (it drops the Content-Length beside
-    // a Transfer-Encoding, folds equal Content-Lengths): the pipeline refuses it with an
-    // OperationOutcome, `Connection: close` and an audit line, before anything is forwarded.
+    // a Transfer-Encoding, folds equal Content-Lengths), and framing it would refuse itself:
+    // the pipeline refuses both with an OperationOutcome, `Connection: close` and an audit
+    // line, before anything is forwarded and without reading what follows.
     let refused_by_smartgate = [
         (
             "Content-Length then Transfer-Encoding",
@@ -406,21 +407,89 @@ fn ambiguous_framing_gets_400_and_the_connection_closed() {
             ),
             "content-length-with-transfer-encoding",
         ),
+        (
+            "two Content-Lengths that differ",
+            format!(
+                "{}Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!{smuggled}",
+                post("", "1.1")
+            ),
+            "repeated-content-length",
+        ),
+        (
+            "a Content-Length list",
+            format!(
+                "{}Content-Length: 5, 5\r\n\r\nhello{smuggled}",
+                post("", "1.1")
+            ),
+            "content-length-list",
+        ),
+        (
+            "a Content-Length list that differs",
+            format!(
+                "{}Content-Length: 5, 6\r\n\r\nhello!{smuggled}",
+                post("", "1.1")
+            ),
+            "content-length-list",
+        ),
+        (
+            "Transfer-Encoding not ending in chunked",
+            format!(
+                "{}Transfer-Encoding: chunked, identity\r\n\r\n5\r\nhello\r\n0\r\n\r\n{smuggled}",
+                post("", "1.1")
+            ),
+            "unsupported-transfer-encoding",
+        ),
+        (
+            "Transfer-Encoding: gzip",
+            format!(
+                "{}Transfer-Encoding: gzip\r\n\r\nhello{smuggled}",
+                post("", "1.1")
+            ),
+            "unsupported-transfer-encoding",
+        ),
+        (
+            "an unknown Transfer-Encoding",
+            format!(
+                "{}Transfer-Encoding: xchunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n{smuggled}",
+                post("", "1.1")
+            ),
+            "unsupported-transfer-encoding",
+        ),
+        (
+            "Transfer-Encoding on HTTP/1.0",
+            format!(
+                "{}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n{smuggled}",
+                post("", "1.0")
+            ),
+            "transfer-encoding-on-http-1.0",
+        ),
+        (
+            "a signed Content-Length",
+            format!(
+                "{}Content-Length: +5\r\n\r\nhello{smuggled}",
+                post("", "1.1")
+            ),
+            "invalid-content-length",
+        ),
     ];
     for (what, raw, reason) in refused_by_smartgate {
         let (hits, audited) = (upstream.hits(), proxy.audit_lines().len());
         let good_first = what.contains("after a good request");
         let (status, got) = smuggle(&proxy.addr, &raw);
         let text = String::from_utf8_lossy(&got).into_owned();
-        let last = text
-            .rfind("HTTP/1.1 ")
-            .map(|i| &text[i..])
-            .unwrap_or_default();
-        assert_eq!(
-            text.matches("HTTP/1.1 ").count(),
-            1 + usize::from(good_first),
-            "{what}: {text}"
-        );
+        // An HTTP/1.0 request is answered in HTTP/1.0.
+        let status_line = if raw.contains("HTTP/1.0\r\n") {
+            "HTTP/1.0 "
+        } else {
+            "HTTP/1.1 "
+        };
+        let starts: Vec<usize> = text
+            .match_indices(status_line)
+            .map(|(i, _)| i)
+            .filter(|i| status_of(&text.as_bytes()[*i..]).is_some())
+            .collect();
+        let last = starts.last().map(|i| &text[*i..]).unwrap_or_default();
+        assert_eq!(starts.len(), 1 + usize::from(good_first), "{what}: {text}");
         assert_eq!(
             status,
             Some(if good_first { 200 } else { 400 }),
@@ -455,53 +524,9 @@ fn ambiguous_framing_gets_400_and_the_connection_closed() {
         );
     }
 
-    // Framing hyper refuses itself, before the pipeline sees a request: 400 and closed,
-    // nothing forwarded (hyper's own empty 400: no OperationOutcome, no audit line).
-    let refused_by_hyper = [
-        (
-            "two Content-Lengths that differ",
-            post(
-                "Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
-                "1.1",
-            ),
-        ),
-        (
-            "a Content-Length list",
-            post("Content-Length: 5, 5\r\n\r\nhello", "1.1"),
-        ),
-        (
-            "a Content-Length list that differs",
-            post("Content-Length: 5, 6\r\n\r\nhello!", "1.1"),
-        ),
-        (
-            "Transfer-Encoding not ending in chunked",
-            post(
-                "Transfer-Encoding: chunked, identity\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-                "1.1",
-            ),
-        ),
-        (
-            "Transfer-Encoding: gzip",
-            post("Transfer-Encoding: gzip\r\n\r\nhello", "1.1"),
-        ),
-        (
-            "an unknown Transfer-Encoding",
-            post(
-                "Transfer-Encoding: xchunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-                "1.1",
-            ),
-        ),
-        (
-            "Transfer-Encoding on HTTP/1.0",
-            post(
-                "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-                "1.0",
-            ),
-        ),
-        (
-            "a signed Content-Length",
-            post("Content-Length: +5\r\n\r\nhello", "1.1"),
-        ),
+    // Heads hyper cannot parse at all: its own empty 400 and the connection closed, nothing
+    // forwarded, nothing after them read.
+    let unparseable = [
         (
             "a space before the colon",
             post("Content-Length : 5\r\n\r\nhello", "1.1"),
@@ -518,7 +543,7 @@ fn ambiguous_framing_gets_400_and_the_connection_closed() {
             ),
         ),
     ];
-    for (what, raw) in refused_by_hyper {
+    for (what, raw) in unparseable {
         let hits = upstream.hits();
         let (status, got) = smuggle(&proxy.addr, &format!("{raw}{smuggled}"));
         assert_eq!(
@@ -532,13 +557,6 @@ fn ambiguous_framing_gets_400_and_the_connection_closed() {
     assert!(
         !proxy.audit_lines().iter().any(|l| l["method"] == "DELETE"),
         "a smuggled DELETE was processed"
-    );
-    // The ones the connection watcher had judged are at least logged.
-    let stderr = std::fs::read_to_string(proxy.dir.join("stderr.log")).unwrap_or_default();
-    assert!(
-        stderr.contains("framing refused by the parser")
-            && stderr.contains("repeated-content-length"),
-        "{stderr}"
     );
 
     // Plain framing is untouched: a length, chunks with an extension and a trailer, a GET
