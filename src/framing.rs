@@ -43,6 +43,9 @@ pub enum FramingError {
     UnsupportedTransferEncoding,
     /// `Transfer-Encoding` on HTTP/1.0, which has no chunked coding.
     TransferEncodingOnHttp10,
+    /// A head whose request line parses but whose header section does not (a space before
+    /// a colon, obs-fold, a bare CR): where its body ends cannot be known.
+    MalformedHead,
     /// An HTTP/1 request whose head the connection watcher did not judge: it lost track of
     /// the byte stream, so where this request started is not known for sure.
     Unverified,
@@ -59,6 +62,7 @@ impl FramingError {
             FramingError::RepeatedTransferEncoding => "repeated-transfer-encoding",
             FramingError::UnsupportedTransferEncoding => "unsupported-transfer-encoding",
             FramingError::TransferEncodingOnHttp10 => "transfer-encoding-on-http-1.0",
+            FramingError::MalformedHead => "malformed-head",
             FramingError::Unverified => "framing-unverified",
         }
     }
@@ -82,6 +86,7 @@ impl fmt::Display for FramingError {
                 "the request's Transfer-Encoding is not exactly chunked"
             }
             FramingError::TransferEncodingOnHttp10 => "HTTP/1.0 has no Transfer-Encoding",
+            FramingError::MalformedHead => "the request's header section is malformed",
             FramingError::Unverified => "the request's framing could not be verified",
         })
     }
@@ -528,8 +533,19 @@ impl Scanner {
                 return end;
             }
             Parsed::Invalid => {
-                whole(out, &self.head);
-                self.state = State::Done;
+                let head = if held { &self.head[..] } else { taken };
+                match request_line_alone(head) {
+                    Some(line) => {
+                        emit(Err(FramingError::MalformedHead));
+                        out.put(&line);
+                        self.state = State::Refused;
+                    }
+                    // Not even a request line: hyper answers its own 400 and closes.
+                    None => {
+                        whole(out, &self.head);
+                        self.state = State::Done;
+                    }
+                }
             }
             Parsed::Refused(e, request_line) => {
                 emit(Err(e));
@@ -608,6 +624,20 @@ fn judged(req: &httparse::Request<'_, '_>) -> Parsed {
             Parsed::Refused(e, line.into_bytes())
         }
     }
+}
+
+/// The first line of a head httparse refused, as a complete head of its own, when that
+/// line alone parses (never for the HTTP/2 preface: httparse knows no version 2.0).
+fn request_line_alone(head: &[u8]) -> Option<Vec<u8>> {
+    // httparse skips empty lines before the request line.
+    let start = head.iter().position(|&b| b != b'\r' && b != b'\n')?;
+    let rest = head.get(start..)?;
+    let line = rest.get(..rest.iter().position(|&b| b == b'\n')?)?;
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let alone = [line, b"\r\n\r\n"].concat();
+    let mut no_headers = [];
+    let parsed = httparse::Request::new(&mut no_headers).parse(&alone);
+    matches!(parsed, Ok(httparse::Status::Complete(_))).then_some(alone)
 }
 
 /// One step of hyper's chunked decoder over `data`: how many bytes it consumed and the
@@ -837,6 +867,15 @@ mod tests {
                 "PUT /fhir/Observation/1?x=y HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
                 "PUT /fhir/Observation/1?x=y HTTP/1.0\r\n\r\n",
             ),
+            // Header sections httparse refuses, after a request line it accepts.
+            (
+                "\r\nPOST /p HTTP/1.1\r\nContent-Length : 5\r\n\r\nhello",
+                "POST /p HTTP/1.1\r\n\r\n",
+            ),
+            (
+                "POST /p HTTP/1.1\nContent-Length: 5\nX-Fold: a\n b\n\nhello",
+                "POST /p HTTP/1.1\r\n\r\n",
+            ),
         ] {
             let (verdicts, state, passed) = every_split(stream.as_bytes());
             assert_eq!(verdicts.len(), 1, "{stream:?}");
@@ -851,8 +890,9 @@ mod tests {
         for stream in [
             // HTTP/2 prior knowledge.
             "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
-            // A head hyper cannot parse.
-            "POST / HTTP/1.1\r\nContent-Length : 5\r\n\r\nhello",
+            // A request line hyper cannot parse.
+            "POST /a b HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+            "POST / HTTP/1.1 \r\n\r\n",
             // A bare LF in a chunk extension, a missing CRLF after chunk data.
             "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;a\nhello\r\n0\r\n\r\n",
             "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloX\r\n0\r\n\r\n",

@@ -346,7 +346,8 @@ fn ambiguous_framing_gets_400_and_the_connection_closed() {
     let smuggled = format!("DELETE /fhir/Binary/b HTTP/1.1\r\nHost: x\r\n{auth}\r\n");
 
     // Framing hyper accepts but hides from the pipeline (it drops the Content-Length beside
-    // a Transfer-Encoding, folds equal Content-Lengths), and framing it would refuse itself:
+    // a Transfer-Encoding, folds equal Content-Lengths), framing and header syntax it would
+    // refuse itself with an empty 400:
     // the pipeline refuses both with an OperationOutcome, `Connection: close` and an audit
     // line, before anything is forwarded and without reading what follows.
     let refused_by_smartgate = [
@@ -471,6 +472,30 @@ fn ambiguous_framing_gets_400_and_the_connection_closed() {
             ),
             "invalid-content-length",
         ),
+        (
+            "a space before the colon",
+            format!(
+                "{}Content-Length : 5\r\n\r\nhello{smuggled}",
+                post("", "1.1")
+            ),
+            "malformed-head",
+        ),
+        (
+            "an obs-folded header",
+            format!(
+                "{}Content-Length: 5\r\nX-Fold: a\r\n b\r\n\r\nhello{smuggled}",
+                post("", "1.1")
+            ),
+            "malformed-head",
+        ),
+        (
+            "a bare CR inside a header value",
+            format!(
+                "{}X-A: a\rContent-Length: 0\r\nContent-Length: 5\r\n\r\nhello{smuggled}",
+                post("", "1.1")
+            ),
+            "malformed-head",
+        ),
     ];
     for (what, raw, reason) in refused_by_smartgate {
         let (hits, audited) = (upstream.hits(), proxy.audit_lines().len());
@@ -524,22 +549,19 @@ fn ambiguous_framing_gets_400_and_the_connection_closed() {
         );
     }
 
-    // Heads hyper cannot parse at all: its own empty 400 and the connection closed, nothing
-    // forwarded, nothing after them read.
+    // Request lines hyper cannot parse: its own empty 400 and the connection closed,
+    // nothing forwarded, nothing after them read.
     let unparseable = [
         (
-            "a space before the colon",
-            post("Content-Length : 5\r\n\r\nhello", "1.1"),
+            "a space inside the target",
+            format!(
+                "POST /fhir/Binary x HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 5\r\n\r\nhello"
+            ),
         ),
         (
-            "an obs-folded header",
-            post("Content-Length: 5\r\nX-Fold: a\r\n b\r\n\r\nhello", "1.1"),
-        ),
-        (
-            "a bare CR inside a header value",
-            post(
-                "X-A: a\rContent-Length: 0\r\nContent-Length: 5\r\n\r\nhello",
-                "1.1",
+            "a space after the version",
+            format!(
+                "POST /fhir/Binary HTTP/1.1 \r\nHost: x\r\n{auth}Content-Length: 5\r\n\r\nhello"
             ),
         ),
     ];
