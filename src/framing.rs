@@ -21,6 +21,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Request, Version, header};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -185,10 +186,17 @@ pub fn scan(stream: &[u8], piece: usize) -> (Vec<Result<(), FramingError>>, Vec<
     (verdicts, passed)
 }
 
-/// Wraps a connection's byte stream so that every HTTP/1 request head is judged as hyper
-/// reads it. The [`Verdicts`] half tags each request hyper then hands out, in order.
+/// Wraps a connection's byte stream so that every HTTP/1 request head is judged before
+/// hyper reads it. The [`Verdicts`] half tags each request hyper then hands out, in order.
 /// `max_head` is hyper's read-buffer limit: a longer head is refused by hyper anyway.
-pub fn watch<S>(io: S, max_head: usize, peer: SocketAddr) -> (Watch<S>, Verdicts) {
+/// `head_timeout` bounds how long a head may be held back incomplete (hyper's own
+/// header-read timer only runs once it has some of the head, and then it has none).
+pub fn watch<S>(
+    io: S,
+    max_head: usize,
+    head_timeout: Duration,
+    peer: SocketAddr,
+) -> (Watch<S>, Verdicts) {
     let verdicts = Verdicts(Arc::new(Mutex::new(Queue {
         pending: VecDeque::new(),
         peer,
@@ -199,6 +207,8 @@ pub fn watch<S>(io: S, max_head: usize, peer: SocketAddr) -> (Watch<S>, Verdicts
         verdicts: verdicts.clone(),
         queued: Vec::new(),
         handed: 0,
+        head_timeout,
+        head_timer: None,
     };
     (watch, verdicts)
 }
@@ -251,6 +261,9 @@ pub struct Watch<S> {
     queued: Vec<u8>,
     /// How much of `queued` has been handed over.
     handed: usize,
+    head_timeout: Duration,
+    /// Runs while an incomplete head is held back; the connection ends when it fires.
+    head_timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Watch<S> {
@@ -277,15 +290,21 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watch<S> {
                 return Poll::Pending;
             }
             let before = buf.filled().len();
-            if let Err(e) = std::task::ready!(Pin::new(&mut this.io).poll_read(cx, buf)) {
-                return Poll::Ready(Err(e));
+            match Pin::new(&mut this.io).poll_read(cx, buf) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return this.poll_head_timer(cx),
             }
             let fresh = buf.filled().get(before..).unwrap_or_default();
             if fresh.is_empty() {
                 return Poll::Ready(Ok(())); // end of stream
             }
             let verdicts = &this.verdicts;
-            match this.scanner.feed(fresh, &mut |v| verdicts.push(v)) {
+            let edit = this.scanner.feed(fresh, &mut |v| verdicts.push(v));
+            if !this.scanner.holds_head() {
+                this.head_timer = None;
+            }
+            match edit {
                 Edit::Keep => return Poll::Ready(Ok(())),
                 // Only shrinks: `n` is at most the number of bytes just read.
                 Edit::Truncate(n) => buf.set_filled(before + n),
@@ -299,6 +318,28 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watch<S> {
             }
             // Everything read was held back or queued: hand over the queue, or read on
             // (an empty ready read would tell hyper the stream ended).
+        }
+    }
+}
+
+impl<S> Watch<S> {
+    /// The socket has nothing more for now: pending, unless an incomplete head has been
+    /// held back for longer than `head_timeout` (then the connection ends, as hyper ends
+    /// one whose head is late).
+    fn poll_head_timer(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.scanner.holds_head() {
+            return Poll::Pending;
+        }
+        let timeout = self.head_timeout;
+        let timer = self
+            .head_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the request head did not arrive within the header read timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -451,6 +492,11 @@ impl Scanner {
             eol: Eol(1),
             max_head,
         }
+    }
+
+    /// Whether part of a head is held back, waiting for the rest.
+    fn holds_head(&self) -> bool {
+        self.state == State::Head && !self.head.is_empty()
     }
 
     /// Judges the heads in one read's bytes, emitting a verdict for each complete one, and
@@ -629,9 +675,14 @@ fn judged(req: &httparse::Request<'_, '_>) -> Parsed {
 /// The first line of a head httparse refused, as a complete head of its own, when that
 /// line alone parses (never for the HTTP/2 preface: httparse knows no version 2.0).
 fn request_line_alone(head: &[u8]) -> Option<Vec<u8>> {
-    // httparse skips empty lines before the request line.
-    let start = head.iter().position(|&b| b != b'\r' && b != b'\n')?;
-    let rest = head.get(start..)?;
+    // httparse skips empty lines (CRLF or LF) before the request line, nothing else.
+    let mut rest = head;
+    while let Some(after) = rest
+        .strip_prefix(b"\r\n")
+        .or_else(|| rest.strip_prefix(b"\n"))
+    {
+        rest = after;
+    }
     let line = rest.get(..rest.iter().position(|&b| b == b'\n')?)?;
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let alone = [line, b"\r\n\r\n"].concat();

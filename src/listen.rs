@@ -261,6 +261,7 @@ pub async fn serve<H: Handler>(
             shutdown: options.shutdown.clone(),
             idle: limits.idle_timeout.0,
             max_head: limits.max_header_bytes.max(8192),
+            head_deadline,
             _open: open.clone(),
         };
         let acceptor = options.tls.as_ref().and_then(|t| t.acceptor());
@@ -331,6 +332,8 @@ struct Conn<H> {
     idle: Duration,
     /// Largest request head, for the framing watcher.
     max_head: usize,
+    /// `limits.header_read_timeout`, for the heads the framing watcher holds back.
+    head_deadline: Duration,
     /// Dropped when the connection ends (see the drain in [`serve`]).
     _open: mpsc::Sender<()>,
 }
@@ -341,7 +344,7 @@ impl<H: Handler> Conn<H> {
     /// response, HTTP/2 with GOAWAY, letting open streams finish.
     ///
     /// The bytes are read through [`framing::watch`], which judges each HTTP/1 request
-    /// head (hyper hides ambiguous framing) and tags the request with the verdict.
+    /// head before hyper reads it and tags the request with the verdict.
     async fn serve<I>(self, io: I, secure: bool)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -353,9 +356,10 @@ impl<H: Handler> Conn<H> {
             mut shutdown,
             idle,
             max_head,
+            head_deadline,
             _open,
         } = self;
-        let (io, verdicts) = framing::watch(io, max_head, peer);
+        let (io, verdicts) = framing::watch(io, max_head, head_deadline, peer);
         let activity = Arc::new(Activity::default());
         let service = service_fn({
             let activity = activity.clone();
