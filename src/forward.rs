@@ -79,7 +79,8 @@ pub struct Upstream {
     clients: PerWorker<HttpClient>,
     /// Each pool's share of `upstream.max_connections`: a request holds one slot from
     /// before its connection is checked out until its response body ends, so a pool never
-    /// has more connections busy than it has slots (and opens no more than that).
+    /// has more connections busy than it has slots. (It may open a few more while a
+    /// finished connection is on its way back to the pool; those idle out.)
     slots: PerWorker<Arc<Semaphore>>,
     timeout: Duration,
     credentials: Option<HeaderValue>,
