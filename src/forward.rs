@@ -7,6 +7,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use crate::body::ProxyBody;
 use crate::config::BaseUrl;
@@ -82,6 +83,9 @@ pub struct Upstream {
     /// has more connections busy than it has slots. (It may open a few more while a
     /// finished connection is on its way back to the pool; those idle out.)
     slots: PerWorker<Arc<Semaphore>>,
+    per_pool: usize,
+    /// Requests waiting for a slot, over all pools (only touched when one has to wait).
+    waiting: AtomicUsize,
     timeout: Duration,
     credentials: Option<HeaderValue>,
 }
@@ -115,6 +119,8 @@ impl Upstream {
             base,
             clients,
             slots,
+            per_pool,
+            waiting: AtomicUsize::new(0),
             timeout,
             credentials,
         }
@@ -183,12 +189,8 @@ impl Upstream {
         &self,
         req: Request<ProxyBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let slots = self.slots.current().clone();
         let call = async {
-            let slot = slots
-                .acquire_owned()
-                .await
-                .map_err(|_| UpstreamError::Unavailable("connection slots closed".into()))?;
+            let slot = self.slot().await?;
             match self.clients.current().request(req).await {
                 Ok(resp) => Ok(resp.map(|body| UpstreamBody {
                     body,
@@ -204,6 +206,60 @@ impl Upstream {
         tokio::time::timeout(self.timeout, call)
             .await
             .unwrap_or(Err(UpstreamError::Timeout))
+    }
+}
+
+impl Upstream {
+    /// A connection slot of the calling thread's pool, waiting for one when all are busy.
+    async fn slot(&self) -> Result<OwnedSemaphorePermit, UpstreamError> {
+        let pool = self.slots.current();
+        let closed = || UpstreamError::Unavailable("connection slots closed".into());
+        match pool.clone().try_acquire_owned() {
+            Ok(slot) => Ok(slot),
+            Err(TryAcquireError::Closed) => Err(closed()),
+            Err(TryAcquireError::NoPermits) => {
+                let _waiting = Waiting::start(&self.waiting);
+                pool.clone().acquire_owned().await.map_err(|_| closed())
+            }
+        }
+    }
+
+    /// Busy connection slots and requests waiting for one, for the metrics.
+    pub fn slot_use(&self) -> SlotUse {
+        SlotUse {
+            busy: self
+                .slots
+                .all()
+                .map(|pool| self.per_pool.saturating_sub(pool.available_permits()))
+                .sum(),
+            waiting: self.waiting.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// How the upstream connection slots are used right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotUse {
+    /// Requests holding a slot (sending, or reading the response).
+    pub busy: usize,
+    /// Requests waiting for a slot.
+    pub waiting: usize,
+}
+
+/// One request counted in `Upstream::waiting` until dropped (also when its wait is cut
+/// short by the timeout).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn start(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

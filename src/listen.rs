@@ -82,6 +82,11 @@ impl<T> PerWorker<T> {
         self.workers.len()
     }
 
+    /// Every value: the workers' and the other threads'.
+    pub fn all(&self) -> impl Iterator<Item = &T> {
+        self.workers.iter().chain(std::iter::once(&self.other))
+    }
+
     /// The calling thread's value.
     pub fn current(&self) -> &T {
         worker_index()

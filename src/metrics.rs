@@ -144,6 +144,12 @@ impl Metrics {
             .register_collector(Box::new(AuthCollector(auth)));
     }
 
+    /// Adds the upstream connection-slot gauges (read on each scrape).
+    pub fn register_upstream(&mut self, upstream: Arc<crate::forward::Upstream>) {
+        self.registry
+            .register_collector(Box::new(UpstreamCollector(upstream)));
+    }
+
     /// The registry, for components that add their own metrics at start-up.
     pub fn registry_mut(&mut self) -> &mut Registry {
         &mut self.registry
@@ -220,6 +226,37 @@ impl Collector for AuthCollector {
             None,
             keys.metric_type(),
         )?)?;
+        Ok(())
+    }
+}
+
+/// Reads [`crate::forward::Upstream::slot_use`] on each scrape.
+struct UpstreamCollector(Arc<crate::forward::Upstream>);
+
+impl std::fmt::Debug for UpstreamCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UpstreamCollector")
+    }
+}
+
+impl Collector for UpstreamCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let use_ = self.0.slot_use();
+        for (name, help, value) in [
+            (
+                "upstream_busy_connections",
+                "Requests holding one of the upstream.max_connections slots",
+                use_.busy,
+            ),
+            (
+                "upstream_waiting_requests",
+                "Requests waiting for an upstream connection slot",
+                use_.waiting,
+            ),
+        ] {
+            let g = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+        }
         Ok(())
     }
 }

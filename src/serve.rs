@@ -138,6 +138,7 @@ pub async fn build(
     auth.spawn_refresh();
     let mut metrics = Metrics::new();
     metrics.register_auth(auth.clone());
+    metrics.register_upstream(upstream.clone());
     let metrics = Arc::new(metrics);
     let paging = match &cfg.paging.secret_file {
         Some(path) => PagingKey::new(&read_secret(path)?),

@@ -709,12 +709,27 @@ fn upstream_concurrency_is_capped_and_waiting_counts_against_the_timeout() {
     let proxy =
         Proxy::start_with_upstream(&slow.url, "1s", "  max_connections: 1\n", "workers: 1\n");
     let token = proxy.token("user/Observation.rs", None);
-    let replies: Vec<(Resp, Duration)> = std::thread::scope(|s| {
-        let calls: Vec<_> = (0..5)
-            .map(|_| s.spawn(|| timed(|| proxy.get("Observation/f-ok", &token))))
-            .collect();
-        calls.into_iter().map(|c| c.join().unwrap()).collect()
-    });
+    let (replies, busy_and_waiting): (Vec<(Resp, Duration)>, Vec<(i64, i64)>) =
+        std::thread::scope(|s| {
+            let calls: Vec<_> = (0..5)
+                .map(|_| s.spawn(|| timed(|| proxy.get("Observation/f-ok", &token))))
+                .collect();
+            // The slot gauges while the requests queue.
+            let seen = (0..20)
+                .map(|_| {
+                    std::thread::sleep(Duration::from_millis(40));
+                    slot_gauges(&proxy)
+                })
+                .collect();
+            let replies = calls.into_iter().map(|c| c.join().unwrap()).collect();
+            (replies, seen)
+        });
+    assert!(
+        busy_and_waiting.iter().any(|&(b, w)| b == 1 && w >= 1),
+        "the gauges never showed one busy slot and a queue: {busy_and_waiting:?}"
+    );
+    assert!(busy_and_waiting.iter().all(|&(b, _)| b <= 1));
+    assert_eq!(slot_gauges(&proxy), (0, 0), "slots not given back");
     let ok = replies.iter().filter(|(r, _)| r.status == 200).count();
     assert!(
         (1..=3).contains(&ok),
@@ -739,4 +754,20 @@ fn upstream_concurrency_is_capped_and_waiting_counts_against_the_timeout() {
         "no audit line says upstream-timeout"
     );
     assert_healthy(&proxy);
+}
+
+/// `(upstream_busy_connections, upstream_waiting_requests)` from the admin port.
+fn slot_gauges(proxy: &Proxy) -> (i64, i64) {
+    let text = http::send(&proxy.admin, "GET", "/metrics", &[], b"")
+        .expect("metrics")
+        .text();
+    let gauge = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<i64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    (
+        gauge("smartgate_upstream_busy_connections "),
+        gauge("smartgate_upstream_waiting_requests "),
+    )
 }
