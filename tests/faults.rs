@@ -709,21 +709,21 @@ fn upstream_concurrency_is_capped_and_waiting_counts_against_the_timeout() {
     let proxy =
         Proxy::start_with_upstream(&slow.url, "1s", "  max_connections: 1\n", "workers: 1\n");
     let token = proxy.token("user/Observation.rs", None);
-    let (replies, busy_and_waiting): (Vec<(Resp, Duration)>, Vec<(i64, i64)>) =
-        std::thread::scope(|s| {
-            let calls: Vec<_> = (0..5)
-                .map(|_| s.spawn(|| timed(|| proxy.get("Observation/f-ok", &token))))
-                .collect();
-            // The slot gauges while the requests queue.
-            let seen = (0..20)
-                .map(|_| {
-                    std::thread::sleep(Duration::from_millis(40));
-                    slot_gauges(&proxy)
-                })
-                .collect();
-            let replies = calls.into_iter().map(|c| c.join().unwrap()).collect();
-            (replies, seen)
-        });
+    type Timed = (Resp, Duration);
+    let (replies, busy_and_waiting): (Vec<Timed>, Vec<(i64, i64)>) = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..5)
+            .map(|_| s.spawn(|| timed(|| proxy.get("Observation/f-ok", &token))))
+            .collect();
+        // The slot gauges while the requests queue.
+        let seen = (0..20)
+            .map(|_| {
+                std::thread::sleep(Duration::from_millis(40));
+                slot_gauges(&proxy)
+            })
+            .collect();
+        let replies = calls.into_iter().map(|c| c.join().unwrap()).collect();
+        (replies, seen)
+    });
     assert!(
         busy_and_waiting.iter().any(|&(b, w)| b == 1 && w >= 1),
         "the gauges never showed one busy slot and a queue: {busy_and_waiting:?}"
