@@ -220,12 +220,15 @@ pub async fn serve<H: Handler>(
     permits: Arc<Semaphore>,
 ) {
     let limits = &options.limits;
+    // hyper's HTTP/1 read-buffer limit (it refuses less than 8 KiB), and so also the
+    // longest head the framing watcher holds back: the two must agree.
+    let max_head = limits.max_header_bytes.max(8192);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout.0)
-        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_buf_size(max_head)
         .keep_alive(true);
     builder
         .http2()
@@ -265,7 +268,7 @@ pub async fn serve<H: Handler>(
             peer,
             shutdown: options.shutdown.clone(),
             idle: limits.idle_timeout.0,
-            max_head: limits.max_header_bytes.max(8192),
+            max_head,
             head_deadline,
             _open: open.clone(),
         };
