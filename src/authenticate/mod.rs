@@ -92,11 +92,21 @@ fn has_query_token(query: &str) -> bool {
 /// RFC 6750 `b64token`: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
 fn is_b64token(t: &str) -> bool {
     let body = t.trim_end_matches('=');
-    !body.is_empty()
-        && body
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+    !body.is_empty() && body.bytes().all(|b| B64TOKEN[usize::from(b)])
 }
+
+/// The `b64token` characters (without `=`), as a table: every request's token goes through
+/// it byte by byte, and a look-up is several times cheaper than the comparisons.
+static B64TOKEN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+        b += 1;
+    }
+    t
+};
 
 /// The bearer token of a request, checked for shape only.
 fn bearer<'h>(headers: &'h http::HeaderMap, query: Option<&str>) -> Result<&'h str, AuthError> {

@@ -365,6 +365,23 @@ fn headers(auth: &[&str]) -> http::HeaderMap {
 }
 
 #[test]
+fn b64token_alphabet_is_exactly_rfc_6750() {
+    let alphabet: Vec<u8> = (b'A'..=b'Z')
+        .chain(b'a'..=b'z')
+        .chain(b'0'..=b'9')
+        .chain(*b"-._~+/")
+        .collect();
+    for b in 0..=255u8 {
+        let t = [b'a', b, b'a'];
+        let t = std::str::from_utf8(&t).unwrap_or("a\u{0}a");
+        assert_eq!(is_b64token(t), alphabet.contains(&b), "byte {b:#04x}");
+    }
+    assert!(is_b64token("abc=="));
+    assert!(!is_b64token("=="));
+    assert!(!is_b64token("a=b"));
+}
+
+#[test]
 fn bearer_extraction() {
     assert_eq!(bearer(&headers(&[]), None), Err(AuthError::MissingToken));
     assert_eq!(
