@@ -2,8 +2,9 @@
 """smartgate load benchmark driver (stdlib only). Normally started by benches/load/run.sh, which installs the
 tools and builds smartgate first; see benches/load/README.md for what is measured and how to read it.
 
-    bench.py --work DIR --out DIR [--smartgate BIN] [--duration 10s] [--variants direct,nginx,sg-jwt,sg-opaque]
-             [--no-memory] [--command STR]
+    bench.py --work DIR --out DIR [--smartgate BIN] [--passthrough BIN] [--duration 10s]
+             [--variants direct,nginx,hyper,sg-jwt,sg-opaque]
+             [--no-memory] [--no-rate] [--command STR]
     bench.py --render RESULTS.json          # re-write the Markdown table from a results file
 
 Every process it starts is recorded in DIR/pids (run.sh's EXIT trap kills what is left) and stopped on exit.
@@ -35,6 +36,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 VARIANTS = {
     "direct": "(a) upstream nginx, direct",
     "nginx": "(b) nginx reverse proxy (no auth)",
+    "hyper": "(e) hyper pass-through: smartgate's HTTP stack without its checks (benches/load/passthrough.rs)",
     "sg-jwt": "(c) smartgate, JWT",
     "sg-opaque": "(d) smartgate, opaque token (introspection, cached)",
 }
@@ -55,7 +57,10 @@ TARGETS = {
     "rss_idle_mb": 30,
     "rss_1000_conns_mb": 100,
     "stream_hwm_growth_mb": 8,
+    "added_p99_ms": 0.3,
 }
+# The fixed-rate latency runs: connections oha spreads the rate over.
+RATE_CONNS = 16
 
 
 def log(msg: str) -> None:
@@ -291,6 +296,13 @@ def start_smartgate(procs: Procs, work: str, name: str, binary: str, port: int, 
     raise RuntimeError(f"{name} not ready after 30s (last /readyz: {last}); log: {tail(logf)}")
 
 
+def start_passthrough(procs: Procs, work: str, binary: str, port: int, upstream_port: int) -> subprocess.Popen:
+    p = procs.start("passthrough", [binary, f"127.0.0.1:{port}", f"http://127.0.0.1:{upstream_port}", "/fhir"],
+                    os.path.join(work, "passthrough.log"))
+    wait_port(port, p)
+    return p
+
+
 def tail(path: str, n: int = 2000) -> str:
     try:
         with open(path, "rb") as f:
@@ -353,6 +365,39 @@ def wrk(url: str, conns: int, duration: str, token: str | None) -> dict:
     return {"error": f"wrk exit {r.returncode}: {(r.stderr or r.stdout)[-400:]}"}
 
 
+def oha(url: str, rate: int, duration: str, token: str | None) -> dict:
+    """An open-loop run: `rate` requests per second whatever the answers' latency, each latency measured from when
+    the request was due (`--latency-correction`), so a stall counts for every request it delayed."""
+    argv = ["oha", "-z", duration, "-q", str(rate), "--latency-correction", "-c", str(RATE_CONNS), "--no-tui",
+            "--output-format", "json", "-H", "Accept: application/fhir+json"]
+    if token:
+        argv += ["-H", f"Authorization: Bearer {token}"]
+    argv.append(url)
+    limit = int(seconds(duration) + 30)
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=limit)
+        d = json.loads(r.stdout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"oha did not finish within {limit}s"}
+    except ValueError:
+        return {"error": f"oha exit {r.returncode}: {(r.stderr or r.stdout)[-400:]}"}
+    p = d.get("latencyPercentiles") or {}
+    us = lambda k: None if p.get(k) is None else p[k] * 1e6  # noqa: E731
+    codes = d.get("statusCodeDistribution") or {}
+    # Requests still in flight when the run ends are reported as "aborted due to deadline": not failures.
+    errors = d.get("errorDistribution") or {}
+    return {
+        "rate": rate,
+        "rps": (d.get("summary") or {}).get("requestsPerSec"),
+        "p50_us": us("p50"),
+        "p99_us": us("p99"),
+        "p999_us": us("p99.9"),
+        "non_200": sum(n for c, n in codes.items() if c != "200"),
+        "errors": sum(n for e, n in errors.items() if "deadline" not in e),
+        "error_kinds": errors,
+    }
+
+
 # ---------------------------------------------------------------- machine
 
 
@@ -382,6 +427,7 @@ def machine() -> dict:
         "loadavg_start": open("/proc/loadavg").read().split()[:3],
         "nginx": run(["nginx", "-v"]),
         "wrk": run(["wrk", "-v"]),
+        "oha": run(["oha", "--version"]),
         "smartgate_commit": run(["git", "-C", REPO, "describe", "--always", "--dirty", "--abbrev=12"]),
     }
 
@@ -541,14 +587,38 @@ def render(res: dict) -> str:
                 f"| {sc} | {c} | {v} | {r['rps']:,.0f} | {ms(r['p50_us'])} | {ms(r['p99_us'])} | {ms(r['p999_us'])} | "
                 f"{errs} | {cpu} | {'' if rn is None else f'{rn:.2f}'} | {'' if rd is None else f'{rd:.2f}'} |"
             )
-    lines += ["", "## Ratios (throughput)", "", "| scenario | conns | (c)/(b) sg-jwt/nginx | (c)/(a) sg-jwt/direct | (d)/(b) sg-opaque/nginx | CPU/req sg-jwt ÷ nginx |", "|---|---:|---:|---:|---:|---:|"]
+    lines += ["", "## Ratios (throughput)", "", "| scenario | conns | (c)/(b) sg-jwt/nginx | (c)/(a) sg-jwt/direct | (d)/(b) sg-opaque/nginx | (e)/(b) hyper/nginx | CPU/req sg-jwt ÷ nginx | CPU/req hyper ÷ nginx |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for sc, c in keys:
         g = lambda v: by.get((sc, c, v), {}).get("rps")  # noqa: E731
         cpu = lambda v: by.get((sc, c, v), {}).get("cpu_us_per_req")  # noqa: E731
-        cells = [ratio(g("sg-jwt"), g("nginx")), ratio(g("sg-jwt"), g("direct")), ratio(g("sg-opaque"), g("nginx")), ratio(cpu("sg-jwt"), cpu("nginx"))]
+        cells = [ratio(g("sg-jwt"), g("nginx")), ratio(g("sg-jwt"), g("direct")), ratio(g("sg-opaque"), g("nginx")), ratio(g("hyper"), g("nginx")),
+                 ratio(cpu("sg-jwt"), cpu("nginx")), ratio(cpu("hyper"), cpu("nginx"))]
         lines.append(f"| {sc} | {c} | " + " | ".join("–" if x is None else f"{x:.2f}" for x in cells) + " |")
     lines += ["", "Throughput ratios swing with the machine's load; the last column (proxy CPU per request, smartgate over "
-              "nginx) does not depend on how much CPU the proxy got, so it is the steadier measure of the overhead."]
+              "nginx) does not depend on how much CPU the proxy got, so it is the steadier measure of the overhead. (e) is the "
+              "floor of smartgate's own HTTP stack (hyper server, hyper-util pooled client, the same runtime layout and allocator) "
+              "with no checks at all: what is left between (e) and (c) is smartgate's work per request."]
+
+    half = res.get("half_rate") or {}
+    if half:
+        lines += ["", "## Latency at half of nginx's saturation (open loop)", "",
+                  f"oha `-q {half.get('rate')} --latency-correction -c {RATE_CONNS} -z {res['duration']}` on `read`: "
+                  f"{half.get('rate'):,} req/s is half of what the nginx proxy reached in the `read` sweep above "
+                  f"({half.get('nginx_saturation_rps', 0):,.0f} req/s). Latencies count from when each request was due.", ""]
+        if half.get("error"):
+            lines.append(f"error: {half['error']}")
+        else:
+            lines += ["| variant | achieved req/s | p50 ms | p99 ms | p99.9 ms | non-200 / errors | p99 added over nginx | p99 added over direct |",
+                      "|---|---:|---:|---:|---:|---:|---:|---:|"]
+            runs = half.get("runs") or {}
+            for v, r in runs.items():
+                if "error" in r:
+                    lines.append(f"| {v} | error: {r['error'][:120]} | | | | | | |")
+                    continue
+                add = lambda base: ("" if v == base or base not in runs or runs[base].get("p99_us") is None  # noqa: E731
+                                    else f"{(r['p99_us'] - runs[base]['p99_us']) / 1000:+.2f} ms")
+                lines.append(f"| {v} | {r['rps'] or 0:,.0f} | {ms(r['p50_us'])} | {ms(r['p99_us'])} | {ms(r['p999_us'])} | "
+                             f"{r['non_200']} / {r['errors']} | {add('nginx')} | {add('direct')} |")
 
     lines += ["", "## Targets", "", "| target | measured | verdict |", "|---|---|---|"]
     for t in res.get("targets", []):
@@ -584,9 +654,7 @@ def render(res: dict) -> str:
         lines.append(f"- {c['scenario']} / {c['variant']}: {c['status']} {c['content_type']} {c['bytes']:,} B{extra}")
     for c in bad:
         lines.append(f"  - **{c['scenario']} / {c['variant']} answered {c['status']}**: `{c.get('body_head', '')[:400]}`")
-    lines += ["", "Half-saturation latency: no fixed-rate generator (wrk2) is packaged here, so the latency under moderate load "
-              "is the p99 of the closed-loop `read` run at 16 connections (coordinated omission applies).", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + [""])
 
 
 def targets(res: dict) -> list[dict]:
@@ -601,6 +669,12 @@ def targets(res: dict) -> list[dict]:
                              ("search Observation ≥ 0.75 × nginx (16 conns)", "search-50", 16, "search_vs_nginx")):
         x = rr(sc, c)
         out.append({"name": name, "measured": "–" if x is None else f"{x:.2f}", "verdict": "–" if x is None else ("PASS" if x >= TARGETS[key] else "FAIL")})
+    runs = (res.get("half_rate") or {}).get("runs") or {}
+    sg, ng = (runs.get("sg-jwt") or {}).get("p99_us"), (runs.get("nginx") or {}).get("p99_us")
+    added = None if sg is None or ng is None else (sg - ng) / 1000
+    out.append({"name": f"added p99 ≤ {TARGETS['added_p99_ms']} ms over nginx at half of nginx's saturation (open loop)",
+                "measured": "–" if added is None else f"{added:+.2f} ms ({ms(sg)} vs {ms(ng)} ms)",
+                "verdict": "–" if added is None else ("PASS" if added <= TARGETS["added_p99_ms"] else "FAIL")})
     mem = res.get("memory") or {}
     for name, kb, lim in (("RSS idle ≤ 30 MB", mem.get("idle_rss_kb_warm"), TARGETS["rss_idle_mb"]),
                           ("RSS at 1,000 connections ≤ 100 MB", (mem.get("smartgate_1000") or {}).get("rss_peak_kb"), TARGETS["rss_1000_conns_mb"]),
@@ -631,11 +705,13 @@ def main() -> int:
     ap.add_argument("--work")
     ap.add_argument("--out", default=os.path.join(REPO, "bench-results"))
     ap.add_argument("--smartgate")
+    ap.add_argument("--passthrough", help="the passthrough example binary (benches/load/passthrough.rs), for the `hyper` variant")
     ap.add_argument("--duration", default=os.environ.get("BENCH_DURATION", "10s"))
     ap.add_argument("--variants", default=os.environ.get("BENCH_VARIANTS", ",".join(VARIANTS)))
     ap.add_argument("--scenarios", default=os.environ.get("BENCH_SCENARIOS", ""),
                     help="comma-separated scenario[:conns] filter, e.g. read:16,search-50 (default: all)")
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--no-rate", action="store_true", help="skip the fixed-rate latency runs (oha)")
     ap.add_argument("--command", default="benches/load/run.sh")
     ap.add_argument("--render")
     a = ap.parse_args()
@@ -657,6 +733,8 @@ def main() -> int:
     scenarios = selected_scenarios(a.scenarios)
     if any(v.startswith("sg-") for v in variants) and not a.smartgate:
         raise SystemExit("smartgate variants need --smartgate BIN")
+    if "hyper" in variants and not a.passthrough:
+        raise SystemExit("the hyper variant needs --passthrough BIN")
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)
@@ -669,7 +747,7 @@ def main() -> int:
         res["interrupted"] = f"signal {signum}"
         raise SystemExit(128 + signum)
 
-    ports = {"upstream": free_port(), "nginx": free_port(), "smartgate": free_port(), "admin": free_port()}
+    ports = {"upstream": free_port(), "nginx": free_port(), "hyper": free_port(), "smartgate": free_port(), "admin": free_port()}
     started = dt.datetime.now()
     res: dict = {
         "date": started.strftime("%Y-%m-%d %H:%M"),
@@ -697,6 +775,8 @@ def main() -> int:
         start_nginx(procs, a.work, "nginx-upstream", UPSTREAM_BODY.format(port=ports["upstream"], data=os.path.join(a.work, "data"), introspect=introspect), ports["upstream"], "1")
         nginx = start_nginx(procs, a.work, "nginx-proxy", PROXY_BODY.format(port=ports["nginx"], upstream_port=ports["upstream"]), ports["nginx"], "auto")
         pids = {"nginx": nginx.pid}
+        if "hyper" in variants:
+            pids["hyper"] = start_passthrough(procs, a.work, a.passthrough, ports["hyper"], ports["upstream"]).pid
         sg = None
         if any(v.startswith("sg-") for v in variants):
             try:
@@ -712,6 +792,8 @@ def main() -> int:
                 return f"{upstream_base}/{path}", None
             if v == "nginx":
                 return f"http://127.0.0.1:{ports['nginx']}/{path}", None
+            if v == "hyper":
+                return f"http://127.0.0.1:{ports['hyper']}/fhir/{path}", None
             return f"{public}/{path}", tokens["jwt" if v == "sg-jwt" else "opaque"]
 
         seen = set()
@@ -746,6 +828,19 @@ def main() -> int:
                     log(f"{sc} c={conns} {v}: {r['error']}")
                 else:
                     log(f"{sc} c={conns} {v}: {r['rps']:,.0f} req/s p50 {ms(r['p50_us'])} p99 {ms(r['p99_us'])} ms errors {sum(r['errors'].values())}")
+        sweep = [r["rps"] for r in res["runs"] if r["scenario"] == "read" and r["variant"] == "nginx" and r.get("rps")]
+        if not a.no_rate and sweep:
+            rate = int(max(sweep) / 2)
+            half: dict = {"rate": rate, "nginx_saturation_rps": max(sweep), "runs": {}}
+            res["half_rate"] = half
+            for v in (v for v in ("direct", "nginx", "hyper", "sg-jwt") if v in variants):
+                url, tok = target(v, READ)
+                r = oha(url, rate, a.duration, tok)
+                half["runs"][v] = r
+                if "error" in r:
+                    log(f"half-rate {v}: {r['error']}")
+                else:
+                    log(f"half-rate {v} at {rate:,} req/s: p50 {ms(r['p50_us'])} p99 {ms(r['p99_us'])} ms non-200 {r['non_200']} errors {r['errors']}")
         if sg:
             res["smartgate_rss_after_load_kb"] = status_kb(sg.pid, "VmRSS")
             procs.stop(sg)

@@ -6,15 +6,18 @@
 #
 # Environment:
 #   BENCH_DURATION=10s   length of each wrk run (wrk syntax: 5s, 30s, 1m)
-#   BENCH_VARIANTS=direct,nginx,sg-jwt,sg-opaque   which variants to run (direct/nginx need no smartgate build)
+#   BENCH_VARIANTS=direct,nginx,hyper,sg-jwt,sg-opaque   which variants to run (direct/nginx need no build)
 #   BENCH_SCENARIOS=read:16,search-50   only these scenarios (name or name:conns; default: all)
 #   BENCH_NO_MEMORY=1    skip the memory tests (idle RSS, 1,000 connections, 100 MB stream)
+#   BENCH_NO_RATE=1      skip the fixed-rate latency runs (and so the oha install)
 #   BENCH_OUT=DIR        where results go (default: <repo>/bench-results, gitignored)
 #   BENCH_KEEP=1         keep the temp dir (nginx confs, logs, canned data, tokens) and print its path
 #   SMARTGATE_BIN=PATH   use this smartgate binary instead of building it
+#   PASSTHROUGH_BIN=PATH use this build of the passthrough example (the `hyper` floor) instead of building it
 #   CARGO_TARGET_DIR     honoured by the release build (default <repo>/target)
 #
-# What it does: installs nginx-light, wrk and curl with apt-get when missing; builds smartgate with
+# What it does: installs nginx-light, wrk and curl with apt-get when missing, and oha (the fixed-rate load generator)
+# with `cargo install` (about 5 minutes, once); builds smartgate with
 # `cargo build --release`; generates canned FHIR JSON (Patient/A, 50-, 1,000- and 10,000-entry Observation Bundles),
 # an RSA key, its JWKS and RS256 tokens (benches/load/gen.py); starts an upstream nginx serving them, a plain nginx
 # reverse proxy and smartgate (benches/load/bench.py); runs wrk for every scenario x variant back to back; measures
@@ -25,7 +28,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 DURATION="${BENCH_DURATION:-10s}"
-VARIANTS="${BENCH_VARIANTS:-direct,nginx,sg-jwt,sg-opaque}"
+VARIANTS="${BENCH_VARIANTS:-direct,nginx,hyper,sg-jwt,sg-opaque}"
 OUT="${BENCH_OUT:-$REPO/bench-results}"
 say() { printf '[load] %s\n' "$*" >&2; }
 die() { printf '[load] error: %s\n' "$*" >&2; exit 1; }
@@ -44,7 +47,12 @@ if [[ ${#missing[@]} -gt 0 ]]; then
     { timeout 600 apt-get update >/dev/null && timeout 600 apt-get install -y "${missing[@]}" >/dev/null; } ||
     die "apt-get install ${missing[*]} failed"
 fi
-export PATH="$PATH:/usr/sbin"
+export PATH="$PATH:/usr/sbin:${CARGO_HOME:-$HOME/.cargo}/bin"
+# oha is the one fixed-rate (open-loop) generator that installs here: Debian has no wrk2.
+if [[ "${BENCH_NO_RATE:-0}" != 1 ]] && ! command -v oha >/dev/null 2>&1; then
+  say "installing oha (cargo install oha --locked, about 5 minutes)"
+  timeout 1200 cargo install oha --locked --quiet >/dev/null || die "cargo install oha failed (BENCH_NO_RATE=1 skips the fixed-rate runs)"
+fi
 command -v python3 >/dev/null 2>&1 || die "python3 is needed"
 
 # --- smartgate
@@ -60,6 +68,17 @@ if [[ ",$VARIANTS," == *",sg-"* ]]; then
     [[ -x "$BIN" ]] || die "no binary at $BIN"
   fi
   SG_ARGS=(--smartgate "$BIN")
+fi
+if [[ ",$VARIANTS," == *",hyper,"* ]]; then
+  if [[ -n "${PASSTHROUGH_BIN:-}" ]]; then
+    PT="$PASSTHROUGH_BIN"
+  else
+    say "cargo build --release --example passthrough (the hyper floor)"
+    (cd "$REPO" && cargo build --release --locked --example passthrough) || die "cargo build --example passthrough failed"
+    PT="${CARGO_TARGET_DIR:-$REPO/target}/release/examples/passthrough"
+  fi
+  [[ -x "$PT" ]] || die "no passthrough binary at $PT"
+  SG_ARGS+=(--passthrough "$PT")
 fi
 
 # --- run
@@ -89,15 +108,16 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Upper bound: 7 scenarios x 4 variants x (duration + slack) + warm-up + memory tests.
+# Upper bound: 7 scenarios x 5 variants + 4 fixed-rate runs, each duration + slack, + warm-up + memory tests.
 secs="$(python3 -c 'import re,sys; m=re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m)?", sys.argv[1]); v=float(m.group(1)) if m else 10; u=m.group(2) if m else "s"; print(int(v/1000 if u=="ms" else v*60 if u=="m" else v))' "$DURATION")"
-limit=$(( 28 * (secs + 10) + 600 ))
-NO_MEM=()
-[[ "${BENCH_NO_MEMORY:-0}" == 1 ]] && NO_MEM=(--no-memory)
+limit=$(( 39 * (secs + 10) + 600 ))
+EXTRA=()
+[[ "${BENCH_NO_MEMORY:-0}" == 1 ]] && EXTRA=(--no-memory)
+[[ "${BENCH_NO_RATE:-0}" == 1 ]] && EXTRA+=(--no-rate)
 cmd="BENCH_DURATION=$DURATION BENCH_VARIANTS=$VARIANTS${BENCH_SCENARIOS:+ BENCH_SCENARIOS=$BENCH_SCENARIOS} benches/load/run.sh"
 # In the background + wait, so that INT/TERM reach the trap at once instead of after the run.
 timeout -k 10 "$limit" python3 "$HERE/bench.py" --work "$WORK" --out "$OUT" --duration "$DURATION" \
-  --variants "$VARIANTS" --command "$cmd" ${SG_ARGS[@]+"${SG_ARGS[@]}"} ${NO_MEM[@]+"${NO_MEM[@]}"} &
+  --variants "$VARIANTS" --command "$cmd" ${SG_ARGS[@]+"${SG_ARGS[@]}"} ${EXTRA[@]+"${EXTRA[@]}"} &
 BENCH_PID=$!
 wait "$BENCH_PID"
 BENCH_PID=""
