@@ -55,29 +55,30 @@ if [[ "${BENCH_NO_RATE:-0}" != 1 ]] && ! command -v oha >/dev/null 2>&1; then
 fi
 command -v python3 >/dev/null 2>&1 || die "python3 is needed"
 
-# --- smartgate
+# --- smartgate and the hyper floor
+# built GIVEN PATH CARGO_ARGS...: GIVEN when set (a binary the caller built), else a release build, printed on
+# stdout (cargo's output goes to stderr). PATH is the binary's place under the target's release directory.
+built() {
+  local given="$1" path="$2"
+  shift 2
+  if [[ -n "$given" ]]; then
+    [[ -x "$given" ]] || die "$given is not executable"
+    echo "$given"
+    return
+  fi
+  say "cargo build --release $*"
+  (cd "$REPO" && cargo build --release --locked "$@" >&2) || die "cargo build --release $* failed"
+  local bin="${CARGO_TARGET_DIR:-$REPO/target}/release/$path"
+  [[ -x "$bin" ]] || die "no binary at $bin"
+  echo "$bin"
+}
 SG_ARGS=()
 if [[ ",$VARIANTS," == *",sg-"* ]]; then
-  if [[ -n "${SMARTGATE_BIN:-}" ]]; then
-    [[ -x "$SMARTGATE_BIN" ]] || die "SMARTGATE_BIN=$SMARTGATE_BIN is not executable"
-    BIN="$SMARTGATE_BIN"
-  else
-    say "cargo build --release (smartgate)"
-    (cd "$REPO" && cargo build --release --locked --bin smartgate) || die "cargo build --release failed"
-    BIN="${CARGO_TARGET_DIR:-$REPO/target}/release/smartgate"
-    [[ -x "$BIN" ]] || die "no binary at $BIN"
-  fi
+  BIN="$(built "${SMARTGATE_BIN:-}" smartgate --bin smartgate)" || exit 1
   SG_ARGS=(--smartgate "$BIN")
 fi
 if [[ ",$VARIANTS," == *",hyper,"* ]]; then
-  if [[ -n "${PASSTHROUGH_BIN:-}" ]]; then
-    PT="$PASSTHROUGH_BIN"
-  else
-    say "cargo build --release --example passthrough (the hyper floor)"
-    (cd "$REPO" && cargo build --release --locked --example passthrough) || die "cargo build --example passthrough failed"
-    PT="${CARGO_TARGET_DIR:-$REPO/target}/release/examples/passthrough"
-  fi
-  [[ -x "$PT" ]] || die "no passthrough binary at $PT"
+  PT="$(built "${PASSTHROUGH_BIN:-}" examples/passthrough --example passthrough)" || exit 1
   SG_ARGS+=(--passthrough "$PT")
 fi
 
