@@ -77,17 +77,23 @@ pub struct ClientInfo {
 pub struct Upstream {
     base: BaseUrl,
     /// One pool per worker, so a request and the upstream connection it uses share a thread.
-    clients: PerWorker<HttpClient>,
-    /// Each pool's share of `upstream.max_connections`: a request holds one slot from
-    /// before its connection is checked out until its response body ends, so a pool never
-    /// has more connections busy than it has slots. (It may open a few more while a
-    /// finished connection is on its way back to the pool; those idle out.)
-    slots: PerWorker<Arc<Semaphore>>,
+    pools: PerWorker<Pool>,
+    /// Each pool's share of `upstream.max_connections`.
     per_pool: usize,
     /// Requests waiting for a slot, over all pools (only touched when one has to wait).
     waiting: AtomicUsize,
     timeout: Duration,
     credentials: Option<HeaderValue>,
+}
+
+/// One worker's upstream connections.
+struct Pool {
+    client: HttpClient,
+    /// A request holds one slot from before its connection is checked out until its
+    /// response body ends, so the pool never has more connections busy than `per_pool`.
+    /// (It may open a few more while a finished connection is on its way back to the pool;
+    /// those idle out.)
+    slots: Arc<Semaphore>,
 }
 
 /// Why the upstream could not answer.
@@ -114,11 +120,13 @@ impl Upstream {
         credentials: Option<HeaderValue>,
     ) -> Self {
         let per_pool = max_connections.div_ceil(clients.workers().max(1)).max(1);
-        let slots = PerWorker::new(clients.workers(), || Arc::new(Semaphore::new(per_pool)));
+        let pools = clients.map(|client| Pool {
+            client,
+            slots: Arc::new(Semaphore::new(per_pool)),
+        });
         Upstream {
             base,
-            clients,
-            slots,
+            pools,
             per_pool,
             waiting: AtomicUsize::new(0),
             timeout,
@@ -190,8 +198,9 @@ impl Upstream {
         req: Request<ProxyBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let call = async {
-            let slot = self.slot().await?;
-            match self.clients.current().request(req).await {
+            let pool = self.pools.current();
+            let slot = self.slot(pool).await?;
+            match pool.client.request(req).await {
                 Ok(resp) => Ok(resp.map(|body| UpstreamBody {
                     body,
                     slot: Some(slot),
@@ -210,16 +219,19 @@ impl Upstream {
 }
 
 impl Upstream {
-    /// A connection slot of the calling thread's pool, waiting for one when all are busy.
-    async fn slot(&self) -> Result<OwnedSemaphorePermit, UpstreamError> {
-        let pool = self.slots.current();
+    /// A connection slot of `pool`, waiting for one when all are busy.
+    async fn slot(&self, pool: &Pool) -> Result<OwnedSemaphorePermit, UpstreamError> {
         let closed = || UpstreamError::Unavailable("connection slots closed".into());
-        match pool.clone().try_acquire_owned() {
+        match pool.slots.clone().try_acquire_owned() {
             Ok(slot) => Ok(slot),
             Err(TryAcquireError::Closed) => Err(closed()),
             Err(TryAcquireError::NoPermits) => {
                 let _waiting = Waiting::start(&self.waiting);
-                pool.clone().acquire_owned().await.map_err(|_| closed())
+                pool.slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| closed())
             }
         }
     }
@@ -228,9 +240,9 @@ impl Upstream {
     pub fn slot_use(&self) -> SlotUse {
         SlotUse {
             busy: self
-                .slots
+                .pools
                 .all()
-                .map(|pool| self.per_pool.saturating_sub(pool.available_permits()))
+                .map(|pool| self.per_pool.saturating_sub(pool.slots.available_permits()))
                 .sum(),
             waiting: self.waiting.load(Ordering::Relaxed),
         }

@@ -174,7 +174,16 @@ pub fn check(
 /// the bytes arrive.
 #[doc(hidden)]
 pub fn scan(stream: &[u8], piece: usize) -> (Vec<Result<(), FramingError>>, Vec<u8>) {
-    let mut scanner = Scanner::new(64 * 1024);
+    feed_in_pieces(&mut Scanner::new(64 * 1024), stream, piece)
+}
+
+/// Feeds `stream` to `scanner` `piece` bytes at a time: the verdicts, and the bytes hyper
+/// gets.
+fn feed_in_pieces(
+    scanner: &mut Scanner,
+    stream: &[u8],
+    piece: usize,
+) -> (Vec<Result<(), FramingError>>, Vec<u8>) {
     let (mut verdicts, mut passed) = (Vec::new(), Vec::new());
     for part in stream.chunks(piece.max(1)) {
         match scanner.feed(part, &mut |v| verdicts.push(v)) {
@@ -750,14 +759,7 @@ mod tests {
     /// bytes hyper would get.
     fn scan(stream: &[u8], step: usize) -> (Verdicts, State, Vec<u8>) {
         let mut s = Scanner::new(16 * 1024);
-        let (mut verdicts, mut passed) = (Vec::new(), Vec::new());
-        for piece in stream.chunks(step) {
-            match s.feed(piece, &mut |v| verdicts.push(v)) {
-                Edit::Keep => passed.extend_from_slice(piece),
-                Edit::Truncate(n) => passed.extend_from_slice(&piece[..n]),
-                Edit::Replace(bytes) => passed.extend_from_slice(&bytes),
-            }
-        }
+        let (verdicts, passed) = feed_in_pieces(&mut s, stream, step);
         (verdicts, s.state, passed)
     }
 

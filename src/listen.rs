@@ -82,6 +82,14 @@ impl<T> PerWorker<T> {
         self.workers.len()
     }
 
+    /// The same layout with each value turned into another by `f`.
+    pub fn map<U>(self, mut f: impl FnMut(T) -> U) -> PerWorker<U> {
+        PerWorker {
+            workers: self.workers.into_vec().into_iter().map(&mut f).collect(),
+            other: f(self.other),
+        }
+    }
+
     /// Every value: the workers' and the other threads'.
     pub fn all(&self) -> impl Iterator<Item = &T> {
         self.workers.iter().chain(std::iter::once(&self.other))

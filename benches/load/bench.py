@@ -379,6 +379,8 @@ def oha(url: str, rate: int, duration: str, token: str | None) -> dict:
         d = json.loads(r.stdout)
     except subprocess.TimeoutExpired:
         return {"error": f"oha did not finish within {limit}s"}
+    except OSError as e:
+        return {"error": f"oha could not run: {e}"}
     except ValueError:
         return {"error": f"oha exit {r.returncode}: {(r.stderr or r.stdout)[-400:]}"}
     p = d.get("latencyPercentiles") or {}
