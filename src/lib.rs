@@ -55,3 +55,4 @@ pub mod scope;
 pub mod serve;
 pub mod telemetry;
 pub mod tls;
+pub mod write;

@@ -22,6 +22,17 @@ pub fn operation_outcome(issue: &str, message: &str) -> Bytes {
     Bytes::from(body.to_string())
 }
 
+/// An `OperationOutcome` with one issue of severity `information` (code
+/// `informational`): an answer that is not an error, such as a write whose result the
+/// grant may not read.
+pub fn information(message: &str) -> Bytes {
+    let body = json!({
+        "resourceType": "OperationOutcome",
+        "issue": [{ "severity": "information", "code": "informational", "diagnostics": message }]
+    });
+    Bytes::from(body.to_string())
+}
+
 /// A complete error response: status, OperationOutcome body, FHIR content type.
 pub fn response(status: StatusCode, issue: &str, message: &str) -> Response<ProxyBody> {
     let mut resp = Response::new(body::full(operation_outcome(issue, message)));

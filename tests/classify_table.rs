@@ -7,7 +7,7 @@
 //!   `!export` (allow `$export`), `!deny-nonmember`; `-` for none.
 //! - interaction: kebab-case name, `-` when classification must fail.
 //! - expectation: `E:Variant` (classify error), `P` (forward, pass-through), `F<letter>`
-//!   (forward, filtered by that letter), `X<status>:<reason>`; then optional `->target`,
+//!   (forward, filtered by that letter), `W<letter>` (forward, a write checked by that letter), `X<status>:<reason>`; then optional `->target`,
 //!   `+pre`, `+body`, `narrowed`, `scope=raw`, `code=reason`, `detail~text`, `ine=value`.
 //! - extras: `ct:…` (Content-Type), `body:…`, `ine:…` (If-None-Exist), `h:Name=Value`.
 
@@ -191,7 +191,7 @@ const CASES: &[&str] = &[
     "ENTRY GET Observation?patient=B | patient/Observation.rs @A | search-type | X403:compartment",
     "ENTRY GET Observation | patient/Observation.rs @A | search-type | Fs ->Observation?patient=Patient/A narrowed",
     "ENTRY PUT Patient/B | patient/Patient.u @A | update | X403:compartment",
-    "ENTRY POST Observation | patient/Observation.c @A | conditional-create | Fc +body ine=identifier=x&patient=Patient/A | ine:identifier=x",
+    "ENTRY POST Observation | patient/Observation.c @A | conditional-create | Wc +body ine=identifier=x&patient=Patient/A | ine:identifier=x",
     "ENTRY POST Observation | patient/Observation.c @A | conditional-create | X403:compartment | ine:patient=B",
     "ENTRY GET Patient/B/$everything | patient/Patient.rs @A | operation | X403:compartment",
     // ---- scope forms: read Observation/1 ----
@@ -360,13 +360,13 @@ const CASES: &[&str] = &[
     "GET Observation | user/Observation.rs?category=a%26b ~Practitioner/9 | search-type | Fs ->Observation?category=a%26b",
     "GET Observation/_history | user/Observation.rs?category=lab ~Practitioner/9 | history-type | X403:granular-scope",
     "GET Patient/1/Observation | user/Observation.rs?category=lab ~Practitioner/9 | search-compartment | Fs ->Patient/1/Observation?category=lab",
-    "POST Observation | user/Observation.c?category=lab ~Practitioner/9 | create | Fc +body",
-    "PUT Observation/1 | user/Observation.u?category=lab ~Practitioner/9 | update | Fu +pre +body",
-    "PATCH Observation/1 | user/Observation.u?category=lab ~Practitioner/9 | patch | Fu +pre +body",
-    "DELETE Observation/1 | user/Observation.d?category=lab ~Practitioner/9 | delete | Fd +pre",
-    "PUT Observation?identifier=x | user/Observation.us?category=lab ~Practitioner/9 | conditional-update | Fu +body ->Observation?identifier=x&category=lab",
-    "DELETE Observation?identifier=x | user/Observation.ds?category=lab ~Practitioner/9 | conditional-delete | Fd ->Observation?identifier=x&category=lab",
-    "POST Observation | user/Observation.c?category=lab ~Practitioner/9 | conditional-create | Fc +body ine=identifier=x&category=lab | ine:identifier=x",
+    "POST Observation | user/Observation.c?category=lab ~Practitioner/9 | create | Wc +body",
+    "PUT Observation/1 | user/Observation.u?category=lab ~Practitioner/9 | update | Wu +pre +body",
+    "PATCH Observation/1 | user/Observation.u?category=lab ~Practitioner/9 | patch | Wu +pre +body",
+    "DELETE Observation/1 | user/Observation.d?category=lab ~Practitioner/9 | delete | Wd +pre",
+    "PUT Observation?identifier=x | user/Observation.us?category=lab ~Practitioner/9 | conditional-update | Wu +pre +body ->Observation?identifier=x&category=lab",
+    "DELETE Observation?identifier=x | user/Observation.ds?category=lab ~Practitioner/9 | conditional-delete | Wd +pre ->Observation?identifier=x&category=lab",
+    "POST Observation | user/Observation.c?category=lab ~Practitioner/9 | conditional-create | Wc +body ine=identifier=x&category=lab | ine:identifier=x",
     "GET Observation | system/Observation.rs?category=lab | search-type | Fs ->Observation?category=lab",
     "GET Observation | patient/Observation.rs?category=laboratory @A | search-type | Fs ->Observation?patient=Patient/A&category=laboratory narrowed",
     "GET Observation | patient/Observation.rs?category=laboratory patient/Observation.r @A | search-type | Fs ->Observation?patient=Patient/A&category=laboratory",
@@ -529,40 +529,40 @@ const CASES: &[&str] = &[
     "GET Device/1 | patient/Device.rs @A | read | Fr",
     "GET Device | patient/Device.rs !deny-nonmember @A | search-type | Fs ->Device?patient=Patient/A",
     // ---- patient compartment: writes ----
-    "POST Observation | patient/Observation.c @A | create | Fc +body",
+    "POST Observation | patient/Observation.c @A | create | Wc +body",
     "POST Observation | patient/Observation.rs @A | create | X403:no-scope",
-    "POST Observation | patient/Observation.write @A | create | Fc +body",
+    "POST Observation | patient/Observation.write @A | create | Wc +body",
     "POST Observation | patient/Observation.c | create | X403:no-patient-context",
     "POST Patient | patient/Patient.c @A | create | X403:compartment",
     "POST Patient | patient/Patient.c @A | conditional-create | X403:compartment | ine:identifier=x",
-    "PUT Patient/A | patient/Patient.u @A | update | Fu +pre +body",
+    "PUT Patient/A | patient/Patient.u @A | update | Wu +pre +body",
     "PUT Patient/B | patient/Patient.u @A | update | X403:compartment",
-    "PATCH Patient/A | patient/Patient.u @A | patch | Fu +pre +body",
+    "PATCH Patient/A | patient/Patient.u @A | patch | Wu +pre +body",
     "PATCH Patient/B | patient/Patient.u @A | patch | X403:compartment",
-    "DELETE Patient/A | patient/Patient.d @A | delete | Fd +pre",
+    "DELETE Patient/A | patient/Patient.d @A | delete | Wd +pre",
     "DELETE Patient/B | patient/Patient.d @A | delete | X403:compartment",
-    "PUT Observation/1 | patient/Observation.u @A | update | Fu +pre +body",
+    "PUT Observation/1 | patient/Observation.u @A | update | Wu +pre +body",
     "PUT Observation/1 | patient/Observation.c @A | update | X403:no-scope",
-    "PATCH Observation/1 | patient/Observation.u @A | patch | Fu +pre +body",
-    "DELETE Observation/1 | patient/Observation.d @A | delete | Fd +pre",
+    "PATCH Observation/1 | patient/Observation.u @A | patch | Wu +pre +body",
+    "DELETE Observation/1 | patient/Observation.d @A | delete | Wd +pre",
     "DELETE Observation/1 | patient/Observation.rs @A | delete | X403:no-scope",
-    "POST Observation | patient/Observation.c @A | conditional-create | Fc +body ine=identifier=x&patient=Patient/A narrowed | ine:identifier=x",
-    "POST Observation | patient/Observation.c @A | conditional-create | Fc +body ine=identifier=x&patient=A | ine:identifier=x&patient=A",
+    "POST Observation | patient/Observation.c @A | conditional-create | Wc +body ine=identifier=x&patient=Patient/A narrowed | ine:identifier=x",
+    "POST Observation | patient/Observation.c @A | conditional-create | Wc +body ine=identifier=x&patient=A | ine:identifier=x&patient=A",
     "POST Observation | patient/Observation.c @A | conditional-create | X403:compartment | ine:patient=B",
     "POST Observation | patient/Observation.c @A | conditional-create | X403:forbidden-parameter | ine:_has:Observation:patient:code=x",
-    "PUT Observation?identifier=x | patient/Observation.us @A | conditional-update | Fu +body ->Observation?identifier=x&patient=Patient/A narrowed",
+    "PUT Observation?identifier=x | patient/Observation.us @A | conditional-update | Wu +pre +body ->Observation?identifier=x&patient=Patient/A narrowed",
     "PUT Observation?identifier=x | patient/Observation.u @A | conditional-update | X403:no-scope",
     "PUT Observation?identifier=x&patient=B | patient/Observation.us @A | conditional-update | X403:compartment",
     "PUT Observation?identifier=x&patient=A,B | patient/Observation.us @A | conditional-update | X403:compartment",
     "PUT Observation?subject.name=x | patient/Observation.us @A | conditional-update | X403:forbidden-parameter",
-    "PATCH Observation?identifier=x | patient/Observation.us @A | conditional-patch | Fu +body ->Observation?identifier=x&patient=Patient/A",
+    "PATCH Observation?identifier=x | patient/Observation.us @A | conditional-patch | Wu +pre +body ->Observation?identifier=x&patient=Patient/A",
     "PATCH Observation?patient=B | patient/Observation.us @A | conditional-patch | X403:compartment",
-    "DELETE Observation?identifier=x | patient/Observation.ds @A | conditional-delete | Fd ->Observation?identifier=x&patient=Patient/A",
+    "DELETE Observation?identifier=x | patient/Observation.ds @A | conditional-delete | Wd +pre ->Observation?identifier=x&patient=Patient/A",
     "DELETE Observation?identifier=x | patient/Observation.d @A | conditional-delete | X403:no-scope",
     "DELETE Observation?_has:Observation:patient:code=x | patient/Observation.ds @A | conditional-delete | X403:forbidden-parameter",
-    "DELETE Patient?identifier=x | patient/Patient.ds @A | conditional-delete | Fd ->Patient?identifier=x&_id=A",
+    "DELETE Patient?identifier=x | patient/Patient.ds @A | conditional-delete | Wd +pre ->Patient?identifier=x&_id=A",
     "DELETE Patient?_id=B | patient/Patient.ds @A | conditional-delete | X403:compartment",
-    "PUT Practitioner/1 | patient/Practitioner.u @A | update | Fu +pre +body",
+    "PUT Practitioner/1 | patient/Practitioner.u @A | update | Wu +pre +body",
     "PUT Practitioner/1 | patient/Practitioner.u !deny-nonmember @A | update | X403:non-member",
     "PUT Patient/A | patient/Patient.u user/Patient.u @A ~Practitioner/9 | update | P",
     // ---- patient compartment: operations ----
@@ -779,6 +779,21 @@ fn run(line: &str) {
                 assert_eq!(view.patient, None, "{line}");
             }
         }
+        (Outcome::Forward(plan), o) if o.starts_with('W') => {
+            let ResponseRule::Written(view) = &plan.response else {
+                panic!("{line}: expected a checked write, got {d:?}");
+            };
+            assert_eq!(
+                view.letter,
+                letter(o.chars().nth(1).unwrap()),
+                "{line}: {d:?}"
+            );
+            if view.context == Context::Patient {
+                assert_eq!(view.patient, grant.patient, "{line}");
+            } else {
+                assert_eq!(view.patient, None, "{line}");
+            }
+        }
         _ => panic!("{line}: expected {outcome}, got {d:?}"),
     }
     for tok in tokens {
@@ -826,7 +841,7 @@ fn run(line: &str) {
             assert_eq!(
                 Some(v),
                 match &plan.response {
-                    ResponseRule::Filter(f) => Some(f),
+                    ResponseRule::Filter(f) | ResponseRule::Written(f) => Some(f),
                     ResponseRule::PassThrough => None,
                 }
             );

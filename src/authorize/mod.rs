@@ -77,12 +77,13 @@ pub struct Plan {
     pub request: FhirRequest,
     /// Whether `request` differs from what the client asked (parameters added/pinned).
     pub narrowed: bool,
-    /// Update/patch/delete under a patient/ grant: read the current version upstream
-    /// first; it must be visible under this view, and the write is pinned to it with
+    /// Update/patch/delete (and their conditional forms) under a patient/ or granular
+    /// grant: the current version is read upstream first and judged by this view's write
+    /// letter ([`crate::write::Judge::current`]), and the write is pinned to it with
     /// `If-Match`.
     pub precheck: Option<View>,
-    /// Create/update (and the result of a patch): the resource written must be visible
-    /// under this view (every patient reference points at the launch patient).
+    /// Create/update (and the result of a patch): the resource that would be stored is
+    /// judged by this view's write letter ([`crate::write::Judge::new_content`]).
     pub body_check: Option<View>,
     /// How the response must be judged.
     pub response: ResponseRule,
@@ -97,6 +98,11 @@ pub enum ResponseRule {
     /// history versions alike) must be visible under the view; Bundles are filtered,
     /// a single resource that fails is answered like one that does not exist.
     Filter(View),
+    /// The answer to a checked write (the view holds the write letter): status,
+    /// `Location`, `ETag` and `Last-Modified` always leave; the resource body only when the
+    /// same context's read (`r`) scopes would show it, otherwise an OperationOutcome saying
+    /// the write succeeded. Write-only grants learn that they wrote, not what is stored.
+    Written(View),
 }
 
 /// Which data a grant may see: the lens the response filter and write checks apply.
@@ -531,19 +537,23 @@ fn has_criteria(i: Interaction) -> bool {
         )
 }
 
-/// Adds the pre/body checks a write needs when the grant cannot write everything.
+/// Adds the checks a write needs when the grant cannot write everything (see
+/// [`crate::write`]): the current version is read and judged first (update, patch, delete
+/// and their conditional forms, whose one match is resolved first), the new content is
+/// judged (create, update, patch), and the answer is judged as a write result.
 fn write_checks(plan: &mut Plan, i: Interaction, view: &View) {
     let (pre, body) = match i {
-        Interaction::Update | Interaction::Patch => (true, true),
-        Interaction::Delete => (true, false),
-        Interaction::Create
-        | Interaction::ConditionalCreate
+        Interaction::Update
+        | Interaction::Patch
         | Interaction::ConditionalUpdate
-        | Interaction::ConditionalPatch => (false, true),
-        _ => (false, false),
+        | Interaction::ConditionalPatch => (true, true),
+        Interaction::Delete | Interaction::ConditionalDelete => (true, false),
+        Interaction::Create | Interaction::ConditionalCreate => (false, true),
+        _ => return,
     };
     plan.precheck = pre.then(|| view.clone());
     plan.body_check = body.then(|| view.clone());
+    plan.response = ResponseRule::Written(view.clone());
 }
 
 /// The letter whose granular restrictions narrow the criteria of `i`.

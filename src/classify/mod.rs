@@ -710,6 +710,35 @@ impl FhirRequest {
         out
     }
 
+    /// The same write on one resource: a conditional update/patch/delete resolved to the
+    /// `id` its criteria matched (criteria dropped, `_format`/`_pretty` kept). Any other
+    /// interaction comes back unchanged but for the id.
+    pub fn on_instance(&self, id: &str) -> FhirRequest {
+        let interaction = match self.interaction {
+            Interaction::ConditionalUpdate => Interaction::Update,
+            Interaction::ConditionalPatch => Interaction::Patch,
+            Interaction::ConditionalDelete => Interaction::Delete,
+            other => other,
+        };
+        let mut out = self.clone();
+        if interaction != self.interaction {
+            out.params.retain(is_result_param);
+        }
+        out.interaction = interaction;
+        out.id = Some(id.to_owned());
+        out
+    }
+
+    /// A conditional update whose criteria matched nothing, as the conditional create it
+    /// amounts to: the criteria go out as `If-None-Exist`, so that a resource appearing
+    /// meanwhile is left alone instead of being updated unchecked.
+    pub fn as_conditional_create(&self) -> FhirRequest {
+        let mut out = self.clone();
+        out.interaction = Interaction::ConditionalCreate;
+        out.id = None;
+        out
+    }
+
     /// The canonical `If-None-Exist` value of a conditional create (its criteria), `None`
     /// for every other interaction.
     pub fn if_none_exist(&self) -> Option<String> {

@@ -212,6 +212,18 @@ pub fn check_resource(
     let Some(patient) = view.patient.as_deref() else {
         return Visibility::Hidden("no-patient-context");
     };
+    in_compartment(resource, rtype, patient, ctx)
+}
+
+/// Rule 4 alone: whether `resource` (of type `rtype`) belongs to `patient` under patient/
+/// scopes, whatever the scopes say. Write checks judge the compartment with it and the
+/// scopes of the write letter themselves.
+pub fn in_compartment(
+    resource: &Value,
+    rtype: ResourceType,
+    patient: &str,
+    ctx: &FilterContext,
+) -> Visibility {
     let opts = &ctx.membership;
     if is_member_type(rtype) {
         return if is_member(resource, patient, opts) {

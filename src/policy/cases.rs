@@ -13,9 +13,10 @@ use serde_saphyr::Spanned;
 
 use super::{PolicyNote, PolicySet, verdict_name};
 use crate::authenticate::{AuthError, ClaimsMapping, Grant, TokenKind};
-use crate::authorize::{Decision, Outcome, ResponseRule};
-use crate::classify::{self, FhirRequest, RawRequest};
+use crate::authorize::{Decision, Outcome, ResponseRule, View};
+use crate::classify::{self, FhirRequest, Interaction, RawRequest};
 use crate::config::ConfigError;
+use crate::filter::FilterContext;
 
 /// A [`Grant`] from a claims object (a decoded token or an introspection answer): the
 /// same mapping the proxy applies. `exp` may be left out (the grant is then unexpiring).
@@ -45,6 +46,10 @@ pub struct Explanation {
     pub note: PolicyNote,
     /// Label and redaction rules that apply to this client (`policy/rule`).
     pub response_rules: Vec<String>,
+    /// The verdict on the body of a checked create or update, when one was given
+    /// (`Err` holds the refusal the proxy would answer; a patch is judged only against
+    /// the current version, at request time).
+    pub body_verdict: Option<Result<(), crate::write::WriteDenied>>,
 }
 
 /// Why a request could not be explained.
@@ -114,6 +119,29 @@ pub fn explain(
         .response_pass(&grant)
         .map(|p| p.rule_names())
         .unwrap_or_default();
+    let body_verdict = match (&decision.outcome, body) {
+        (Outcome::Forward(plan), Some(body)) if request.interaction != Interaction::Patch => {
+            plan.body_check.as_ref().map(|view| {
+                let ctx = FilterContext::new(base, base, false, set.rules.non_member_types);
+                let judge = crate::write::Judge {
+                    view,
+                    grant: &grant,
+                    ctx: &ctx,
+                };
+                let resource = crate::write::parse_resource(body)?;
+                // A conditional update lands on its one match, whose id the body carries.
+                let mut target = plan.request.clone();
+                if target.interaction == Interaction::ConditionalUpdate {
+                    target.id = resource
+                        .get("id")
+                        .and_then(|v| v.as_str())
+                        .map(str::to_owned);
+                }
+                judge.new_content(&resource, &target, None)
+            })
+        }
+        _ => None,
+    };
     Ok(Explanation {
         verdict: verdict_name(&decision),
         request,
@@ -121,6 +149,7 @@ pub fn explain(
         decision,
         note,
         response_rules,
+        body_verdict,
     })
 }
 
@@ -158,24 +187,77 @@ impl fmt::Display for Explanation {
                     writeln!(f, "allowed by scope: {s}")?;
                 }
                 writeln!(f, "upstream: {}", plan.request.upstream_target())?;
-                match &plan.response {
-                    ResponseRule::PassThrough => writeln!(f, "response: passed through")?,
-                    ResponseRule::Filter(v) => writeln!(
-                        f,
-                        "response: filtered ({} context{}, judged by `{}` scopes)",
+                let lens = |v: &View| {
+                    format!(
+                        "{} context{}",
                         v.context.as_str(),
                         v.patient
                             .as_deref()
                             .map(|p| format!(", compartment of Patient/{p}"))
-                            .unwrap_or_default(),
+                            .unwrap_or_default()
+                    )
+                };
+                match &plan.response {
+                    ResponseRule::PassThrough => writeln!(f, "response: passed through")?,
+                    ResponseRule::Filter(v) => writeln!(
+                        f,
+                        "response: filtered ({}, judged by `{}` scopes)",
+                        lens(v),
                         v.letter.as_char()
                     )?,
+                    ResponseRule::Written(v) => writeln!(
+                        f,
+                        "response: status, Location, ETag and Last-Modified; the resource only if `r` scopes of the {} show it, else an OperationOutcome saying the write succeeded",
+                        lens(v)
+                    )?,
                 }
-                if plan.precheck.is_some() {
-                    writeln!(f, "write:    the current version is read and checked first")?;
+                if let Some(v) = &plan.precheck {
+                    let conditional = matches!(
+                        r.interaction,
+                        Interaction::ConditionalUpdate
+                            | Interaction::ConditionalPatch
+                            | Interaction::ConditionalDelete
+                    );
+                    writeln!(
+                        f,
+                        "write:    {}the current version is read first; it must be inside a `{}` scope (its parameters too) of the {}, and the write is pinned to it (If-Match)",
+                        if conditional {
+                            "the criteria must match at most one resource (412 otherwise); "
+                        } else {
+                            ""
+                        },
+                        v.letter.as_char(),
+                        lens(v)
+                    )?;
                 }
-                if plan.body_check.is_some() {
-                    writeln!(f, "write:    the body is checked against the compartment")?;
+                if let Some(v) = &plan.body_check {
+                    writeln!(
+                        f,
+                        "write:    the {} must be inside a `{}` scope (its parameters too) of the {}{}",
+                        if r.interaction == Interaction::Patch {
+                            "patched result"
+                        } else {
+                            "body"
+                        },
+                        v.letter.as_char(),
+                        lens(v),
+                        if plan.precheck.is_some() {
+                            ", the same scope as the current version"
+                        } else {
+                            ""
+                        }
+                    )?;
+                }
+                match &self.body_verdict {
+                    Some(Ok(())) => writeln!(f, "body:     inside the grant")?,
+                    Some(Err(e)) => writeln!(
+                        f,
+                        "body:     refused {} ({}): {}",
+                        e.status(),
+                        e.code(),
+                        e.message()
+                    )?,
+                    None => {}
                 }
             }
             Outcome::Reject(rej) => writeln!(f, "refused:  {} {}", rej.status, rej.message)?,

@@ -306,7 +306,7 @@ pub fn verdict_name(decision: &Decision) -> &'static str {
     match &decision.outcome {
         Outcome::Forward(plan) => match (&plan.response, plan.narrowed) {
             (_, true) => "narrow",
-            (ResponseRule::Filter(_), false) => "filter",
+            (ResponseRule::Filter(_) | ResponseRule::Written(_), false) => "filter",
             (ResponseRule::PassThrough, false) => "allow",
         },
         Outcome::Reject(_) => "deny",
@@ -328,7 +328,7 @@ fn allowed_context(decision: &Decision) -> Option<Context> {
         return None;
     };
     match &plan.response {
-        ResponseRule::Filter(view) => Some(view.context),
+        ResponseRule::Filter(view) | ResponseRule::Written(view) => Some(view.context),
         ResponseRule::PassThrough => decision
             .reason
             .scope

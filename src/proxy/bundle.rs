@@ -1,13 +1,14 @@
 //! Batch and transaction Bundles: split, every entry decided on its own, the answer judged
 //! entry by entry.
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
 use serde_json::Value;
 
 use super::{
     Early, Gateway, NOT_FOUND_MESSAGE, Phase, bad_upstream_body, collect, filter_headers,
-    upstream_error,
+    upstream_error, write_succeeded_outcome,
 };
 use crate::audit::Record;
 use crate::authenticate::Grant;
@@ -18,6 +19,7 @@ use crate::filter::{self, Visibility};
 use crate::forward::ClientInfo;
 use crate::outcome;
 use crate::policy::{PolicySet, ResponsePass};
+use crate::scope::Letter;
 
 impl Gateway {
     /// Batch and transaction: every entry classified and decided on its own. A
@@ -51,25 +53,35 @@ impl Gateway {
             .unwrap_or_default();
         let transaction = kind == Interaction::Transaction;
         let mut forwarded = Vec::new();
-        let mut slots: Vec<Result<Option<View>, Value>> = Vec::new();
+        let mut slots: Vec<Result<ResponseRule, Value>> = Vec::new();
         let mut denied = 0;
-        for mut entry in entries {
-            match self.decide_entry(&mut entry, grant, policies, rec) {
-                Ok(view) => {
+        let mut first_refusal: Option<(usize, Early)> = None;
+        for (n, mut entry) in entries.into_iter().enumerate() {
+            match self
+                .decide_entry(&mut entry, grant, policies, client, request_id, rec)
+                .await
+            {
+                Ok(rule) => {
                     forwarded.push(entry);
-                    slots.push(Ok(view));
+                    slots.push(Ok(rule));
                 }
-                Err(outcome_entry) => {
+                Err(refusal) => {
                     denied += 1;
-                    slots.push(Err(outcome_entry));
+                    slots.push(Err(outcome_entry(&refusal)));
+                    first_refusal.get_or_insert((n, refusal));
                 }
             }
         }
-        if transaction && denied > 0 {
+        if transaction && let Some((n, refusal)) = first_refusal {
+            // The first refusal decides the answer: a 404 stays a 404 (not yours and
+            // missing look the same), a 412 stays a 412.
             return Err(Early::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                format!("{denied} transaction entries are not allowed; nothing was applied"),
+                refusal.status,
+                refusal.issue,
+                format!(
+                    "transaction entry {n}: {}; {denied} entries are not allowed; nothing was applied",
+                    refusal.message
+                ),
             )
             .decision("deny", "transaction-entry"));
         }
@@ -120,8 +132,16 @@ impl Gateway {
         for slot in slots {
             match slot {
                 Err(outcome_entry) => out_entries.push(outcome_entry),
-                Ok(view) => {
+                Ok(rule) => {
                     let mut e = upstream_entries.next().unwrap_or(Value::Null);
+                    let view = match rule {
+                        ResponseRule::Filter(view) => Some(view),
+                        ResponseRule::Written(view) => {
+                            rec.removed += self.judge_written_entry(&mut e, &view, grant);
+                            None
+                        }
+                        ResponseRule::PassThrough => None,
+                    };
                     if let Some(view) = view
                         && !self.judge_entry(&mut e, &view, grant)
                     {
@@ -202,19 +222,67 @@ impl Gateway {
         }
     }
 
-    /// Decides one batch/transaction entry, narrowing its URL in place. `Ok(None)` when
-    /// its response passes unjudged; `Err` holds the response entry to answer in its place.
-    fn decide_entry(
+    /// The answer entry of a checked write: a failure becomes the proxy's own outcome
+    /// (nothing upstream said leaks); a success keeps its status, location, etag and
+    /// lastModified, and its resource only when the grant's read scopes show it. Returns
+    /// how many resources were withheld.
+    fn judge_written_entry(&self, e: &mut Value, view: &View, grant: &Grant) -> usize {
+        let status = e
+            .pointer("/response/status")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        if !status.starts_with('2') {
+            *e = if status.starts_with("404") || status.starts_with("410") {
+                missing_entry()
+            } else {
+                let code = status
+                    .get(..3)
+                    .and_then(|c| c.parse::<u16>().ok())
+                    .and_then(|c| StatusCode::from_u16(c).ok())
+                    .filter(|c| c.is_client_error())
+                    .unwrap_or(StatusCode::BAD_GATEWAY);
+                outcome_entry(&Early::new(
+                    code,
+                    "processing",
+                    "the FHIR server rejected this entry",
+                ))
+            };
+            return 0;
+        }
+        let read = View {
+            letter: Letter::R,
+            ..view.clone()
+        };
+        let visible = e.get("resource").is_none_or(|r| {
+            filter::check_resource(r, &read, grant, &self.filter) == Visibility::Visible
+        });
+        if visible {
+            return 0;
+        }
+        if let Some(obj) = e.as_object_mut() {
+            obj.remove("resource");
+            obj.remove("fullUrl");
+        }
+        if let Some(resp) = e.get_mut("response").and_then(Value::as_object_mut) {
+            resp.insert("outcome".into(), write_succeeded_outcome());
+        }
+        1
+    }
+
+    /// Decides one batch/transaction entry and, for a checked write, judges its current
+    /// version and new content like a request of its own (pinning it with `ifMatch`),
+    /// rewriting its request in place. `Err` holds the refusal to answer in its place.
+    async fn decide_entry(
         &self,
         entry: &mut Value,
         grant: &Grant,
         policies: &PolicySet,
+        client: &ClientInfo,
+        request_id: &HeaderValue,
         rec: &mut Record,
-    ) -> Result<Option<View>, Value> {
-        let forbidden = |msg: &str| {
-            serde_json::json!({"response": {"status": "403 Forbidden", "outcome":
-                serde_json::from_slice::<Value>(&outcome::operation_outcome("forbidden", msg)).unwrap_or(Value::Null)}})
-        };
+    ) -> Result<ResponseRule, Early> {
+        let forbidden = |msg: &str| Early::new(StatusCode::FORBIDDEN, "forbidden", msg);
         let method = entry
             .pointer("/request/method")
             .and_then(Value::as_str)
@@ -240,32 +308,80 @@ impl Gateway {
             Outcome::Forward(plan) => plan,
             Outcome::Reject(r) => return Err(forbidden(&r.message)),
         };
-        // Entries cannot be pre-read atomically inside the upstream's transaction, so a
-        // patient/ grant may not update, patch or delete through a Bundle.
-        if plan.precheck.is_some() {
-            return Err(forbidden(
-                "update, patch and delete under patient/ scopes must be sent one by one",
-            ));
-        }
-        if let Some(view) = &plan.body_check {
-            let resource = entry.get("resource").cloned().unwrap_or(Value::Null);
-            if self.check_written(&resource, &plan.request, view).is_err() {
-                return Err(forbidden(
-                    "the entry's resource is outside the launch patient's compartment",
+        let mut request = plan.request.clone();
+        let mut if_match = None;
+        if plan.precheck.is_some() || plan.body_check.is_some() {
+            // A patch entry carries its patch as a base64 Binary or FHIRPath Parameters,
+            // neither of which the checks can apply.
+            if matches!(
+                fhir.interaction,
+                Interaction::Patch | Interaction::ConditionalPatch
+            ) {
+                return Err(Early::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "not-supported",
+                    "under this grant a patch is checked before it is sent, which needs JSON Patch: send it on its own",
                 ));
             }
+            let body = match plan.body_check {
+                Some(_) => Some(Bytes::from(
+                    serde_json::to_vec(entry.get("resource").unwrap_or(&Value::Null))
+                        .map_err(|_| forbidden("the entry's resource is not JSON"))?,
+                )),
+                None => None,
+            };
+            let checked = self
+                .check_write(&plan, body, None, grant, client, request_id)
+                .await?;
+            if let Some(version) = &checked.if_match {
+                let etag = format!("W/\"{version}\"");
+                let sent = entry.pointer("/request/ifMatch").and_then(Value::as_str);
+                if sent.is_some_and(|s| s != etag) {
+                    return Err(Early::new(
+                        StatusCode::PRECONDITION_FAILED,
+                        "conflict",
+                        "ifMatch does not match the current version",
+                    ));
+                }
+                if_match = Some(etag);
+            }
+            if let Some(b) = checked.body
+                && let Ok(resource) = serde_json::from_slice::<Value>(&b)
+                && let Some(obj) = entry.as_object_mut()
+            {
+                obj.insert("resource".into(), resource);
+            }
+            request = checked.request;
         }
         if let Some(req) = entry.get_mut("request").and_then(Value::as_object_mut) {
-            req.insert("url".into(), Value::String(plan.request.upstream_target()));
-            if let Some(criteria) = plan.request.if_none_exist() {
+            req.insert(
+                "method".into(),
+                Value::String(request.upstream_method(&method).to_string()),
+            );
+            req.insert("url".into(), Value::String(request.upstream_target()));
+            if let Some(criteria) = request.if_none_exist() {
                 req.insert("ifNoneExist".into(), Value::String(criteria));
             }
+            if let Some(etag) = if_match {
+                req.insert("ifMatch".into(), Value::String(etag));
+            }
         }
-        Ok(match plan.response {
-            ResponseRule::Filter(view) => Some(view),
-            ResponseRule::PassThrough => None,
-        })
+        Ok(plan.response)
     }
+}
+
+/// A batch/transaction response entry answering a refusal.
+fn outcome_entry(refusal: &Early) -> Value {
+    let status = refusal.status;
+    let outcome = serde_json::from_slice::<Value>(&outcome::operation_outcome(
+        refusal.issue,
+        &refusal.message,
+    ))
+    .unwrap_or(Value::Null);
+    serde_json::json!({"response": {
+        "status": format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or("")),
+        "outcome": outcome,
+    }})
 }
 
 /// A batch/transaction response entry for "does not exist" and "not yours".

@@ -28,7 +28,6 @@ use crate::authenticate::{Authenticator, Grant};
 use crate::authorize::{Decision, Outcome, Plan, ResponseRule, View};
 use crate::body::{self, ProxyBody};
 use crate::classify::{self, ClassifyError, FhirRequest, Interaction, RawRequest};
-use crate::compartment::membership;
 use crate::config::BaseUrl;
 use crate::cors::Cors;
 use crate::discovery::Discovery;
@@ -43,6 +42,7 @@ use crate::paging::PagingKey;
 use crate::policy::{PolicyHandle, ResponsePass};
 use crate::scope::Letter;
 use crate::telemetry;
+use crate::write::{self, Judge, WriteDenied};
 
 mod bundle;
 mod public;
@@ -438,10 +438,12 @@ impl Gateway {
         request_id: &HeaderValue,
         rec: &mut Record,
     ) -> Phase<Response<ProxyBody>> {
-        let method = plan.request.upstream_method(client_method);
-        let target = plan.request.upstream_target();
         // Policy labels and redaction read the response too: JSON, like the filter.
-        let inspected = pass.is_some() || matches!(plan.response, ResponseRule::Filter(_));
+        let inspected = pass.is_some()
+            || matches!(
+                plan.response,
+                ResponseRule::Filter(_) | ResponseRule::Written(_)
+            );
         let mut out_headers = match inspected {
             true => filter_headers(headers),
             false => headers.clone(),
@@ -454,71 +456,53 @@ impl Gateway {
             )
             .decision("deny", "format"));
         }
-        if let Some(criteria) = plan.request.if_none_exist()
+        // Phase 4: write checks. Nothing is sent until the current version and the new
+        // content are judged; the write goes out pinned to the version judged.
+        let (request, upstream_body) = if plan.precheck.is_some() || plan.body_check.is_some() {
+            let new_body = match plan.body_check {
+                Some(_) => Some(body.bytes(self.max_inspect_bytes).await?),
+                None => None,
+            };
+            let content_type = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
+            let checked = self
+                .check_write(&plan, new_body, content_type, grant, client, request_id)
+                .await?;
+            if let Some(version) = &checked.if_match {
+                let etag = format!("W/\"{version}\"");
+                if let Some(sent) = headers.get(header::IF_MATCH)
+                    && sent.as_bytes() != etag.as_bytes()
+                {
+                    return Err(Early::new(
+                        StatusCode::PRECONDITION_FAILED,
+                        "conflict",
+                        "If-Match does not match the current version",
+                    )
+                    .decision("deny", "version-conflict"));
+                }
+                if let Ok(v) = HeaderValue::from_str(&etag) {
+                    out_headers.insert(header::IF_MATCH, v);
+                }
+            }
+            let upstream_body = match checked.body {
+                Some(b) => body::full(b),
+                None => body::empty(),
+            };
+            (checked.request, upstream_body)
+        } else {
+            (
+                plan.request.clone(),
+                body.into_proxy_body(self.max_body_bytes),
+            )
+        };
+        if let Some(criteria) = request.if_none_exist()
             && let Ok(v) = HeaderValue::from_str(&criteria)
         {
             out_headers.insert(header::HeaderName::from_static("if-none-exist"), v);
         }
-
-        // Write checks (patient/ grants): the current version must be the patient's, the
-        // new content must be too, and the write is pinned to the version checked.
-        let mut checked_body = None;
-        if let Some(view) = &plan.precheck {
-            let current = self
-                .current_version(&plan.request, view, grant, client, request_id)
-                .await?;
-            match &current {
-                Some((_, Some(version))) => {
-                    let etag = format!("W/\"{version}\"");
-                    if let Some(sent) = headers.get(header::IF_MATCH)
-                        && sent.as_bytes() != etag.as_bytes()
-                    {
-                        return Err(Early::new(
-                            StatusCode::PRECONDITION_FAILED,
-                            "conflict",
-                            "If-Match does not match the current version",
-                        )
-                        .decision("deny", "version-conflict"));
-                    }
-                    if let Ok(v) = HeaderValue::from_str(&etag) {
-                        out_headers.insert(header::IF_MATCH, v);
-                    }
-                }
-                Some((_, None)) => {}
-                None if plan.request.interaction == Interaction::Update => {}
-                None => return Err(not_found()),
-            }
-            if plan.request.interaction == Interaction::Patch {
-                let patch = body.bytes(self.max_inspect_bytes).await?;
-                let Some((current, _)) = current else {
-                    return Err(not_found());
-                };
-                let patched = apply_json_patch(current, &patch, headers)?;
-                self.check_written(&patched, &plan.request, view)?;
-                checked_body = Some(patch);
-            }
-        }
-        // A patch body is not a resource: its result against the current version was
-        // checked above (`checked_body` is set only then).
-        let patch_checked =
-            plan.request.interaction == Interaction::Patch && checked_body.is_some();
-        if let Some(view) = plan.body_check.as_ref().filter(|_| !patch_checked) {
-            let bytes = body.bytes(self.max_inspect_bytes).await?;
-            let resource: Value = serde_json::from_slice(&bytes).map_err(|_| {
-                Early::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid",
-                    "the body must be a FHIR JSON resource",
-                )
-                .decision("deny", "body-not-json")
-            })?;
-            self.check_written(&resource, &plan.request, view)?;
-            checked_body = Some(bytes);
-        }
-        let upstream_body = match checked_body {
-            Some(b) => body::full(b),
-            None => body.into_proxy_body(self.max_body_bytes),
-        };
+        let method = request.upstream_method(client_method);
+        let target = request.upstream_target();
         let up = self
             .upstream
             .request(
@@ -549,25 +533,159 @@ impl Gateway {
         .await
     }
 
-    /// The resource a write would change, if it exists: `(resource, versionId)`. It must
-    /// be visible under `view`; one that is not is answered like one that does not exist.
-    async fn current_version(
+    /// Phase 4, write checks (see [`crate::write`]): resolves what a checked write
+    /// changes, judges the current version and the new content, and returns the write to
+    /// send: an instance write pinned to the version judged, or a create.
+    ///
+    /// `new_body` is the request body (create, update, patch) already read; `content_type`
+    /// says whether a patch is JSON Patch.
+    async fn check_write(
         &self,
-        req: &FhirRequest,
-        view: &View,
+        plan: &Plan,
+        new_body: Option<Bytes>,
+        content_type: Option<&str>,
         grant: &Grant,
         client: &ClientInfo,
         request_id: &HeaderValue,
-    ) -> Phase<Option<(Value, Option<String>)>> {
-        let (Some(rtype), Some(id)) = (req.resource_type, req.id.as_deref()) else {
+    ) -> Phase<CheckedWrite> {
+        let req = &plan.request;
+        let Some(rtype) = req.resource_type else {
+            return Err(write_denied(WriteDenied::WrongType));
+        };
+        let mut out = CheckedWrite {
+            request: req.clone(),
+            if_match: None,
+            body: None,
+        };
+        let mut current = None;
+        if let Some(view) = &plan.precheck {
+            let judge = Judge {
+                view,
+                grant,
+                ctx: &self.filter,
+            };
+            let found = match req.interaction {
+                Interaction::ConditionalUpdate
+                | Interaction::ConditionalPatch
+                | Interaction::ConditionalDelete => {
+                    self.conditional_match(req, client, request_id).await?
+                }
+                _ => match req.id.as_deref() {
+                    Some(id) => self.read_current(rtype, id, client, request_id).await?,
+                    None => None,
+                },
+            };
+            match found {
+                Some(resource) => {
+                    let covered = judge.current(&resource, rtype).map_err(write_denied)?;
+                    let Some(id) = resource.get("id").and_then(Value::as_str) else {
+                        return Err(bad_upstream_body());
+                    };
+                    out.request = req.on_instance(id);
+                    out.if_match = write::version_of(&resource).map(str::to_owned);
+                    current = Some((resource, covered));
+                }
+                // Update-as-create: judged on the new content alone, by the `u` scopes.
+                None if req.interaction == Interaction::Update => {}
+                // No match: a conditional update creates, and must not update anything
+                // that appears meanwhile (`If-None-Exist` with the same criteria).
+                None if req.interaction == Interaction::ConditionalUpdate => {
+                    out.request = req.as_conditional_create();
+                }
+                None => return Err(write_denied(WriteDenied::CurrentHidden)),
+            }
+        }
+        if let (Some(view), Some(bytes)) = (&plan.body_check, new_body) {
+            let judge = Judge {
+                view,
+                grant,
+                ctx: &self.filter,
+            };
+            let patch = matches!(
+                req.interaction,
+                Interaction::Patch | Interaction::ConditionalPatch
+            );
+            let resource = match (&current, patch) {
+                (Some((cur, _)), true) => {
+                    write::apply_patch(cur.clone(), &bytes, content_type).map_err(write_denied)?
+                }
+                (None, true) => return Err(write_denied(WriteDenied::CurrentHidden)),
+                (_, false) => write::parse_resource(&bytes).map_err(write_denied)?,
+            };
+            // A conditional update lands on its match: a body without an id gets that id.
+            let mut resource = resource;
+            let give_id =
+                req.interaction == Interaction::ConditionalUpdate && resource.get("id").is_none();
+            if let (true, Some(id), Some(obj)) =
+                (give_id, out.request.id.clone(), resource.as_object_mut())
+            {
+                obj.insert("id".into(), Value::String(id));
+            }
+            judge
+                .new_content(&resource, &out.request, current.as_ref().map(|(_, c)| c))
+                .map_err(write_denied)?;
+            out.body = Some(match (patch, give_id) {
+                (true, _) => bytes,
+                (false, true) => {
+                    Bytes::from(serde_json::to_vec(&resource).map_err(|_| bad_upstream_body())?)
+                }
+                (false, false) => bytes,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The current version of `rtype/id` as the FHIR server has it (`None`: 404 or 410).
+    async fn read_current(
+        &self,
+        rtype: crate::fhir::ResourceType,
+        id: &str,
+        client: &ClientInfo,
+        request_id: &HeaderValue,
+    ) -> Phase<Option<Value>> {
+        let mut target = String::with_capacity(rtype.name().len() + 1 + id.len());
+        target.push_str(rtype.name());
+        target.push('/');
+        target.push_str(id);
+        let bytes = self.precheck_read(&target, client, request_id).await?;
+        bytes
+            .map(|b| serde_json::from_slice::<Value>(&b).map_err(|_| bad_upstream_body()))
+            .transpose()
+    }
+
+    /// The one resource a conditional update/patch/delete's (narrowed) criteria select,
+    /// `None` when they select nothing; 412 when they select more than one.
+    async fn conditional_match(
+        &self,
+        req: &FhirRequest,
+        client: &ClientInfo,
+        request_id: &HeaderValue,
+    ) -> Phase<Option<Value>> {
+        let Some(bytes) = self
+            .precheck_read(&req.upstream_target(), client, request_id)
+            .await?
+        else {
             return Ok(None);
         };
-        let target = format!("{}/{}", rtype.name(), id);
+        let searchset: Value = serde_json::from_slice(&bytes).map_err(|_| bad_upstream_body())?;
+        write::single_match(&searchset)
+            .map(|m| m.cloned())
+            .map_err(write_denied)
+    }
+
+    /// A GET the proxy makes for its own write checks: the body of a 2xx, `None` for
+    /// 404/410, 400 for criteria the server refuses, 502 for anything else.
+    async fn precheck_read(
+        &self,
+        target: &str,
+        client: &ClientInfo,
+        request_id: &HeaderValue,
+    ) -> Phase<Option<Bytes>> {
         let up = self
             .upstream
             .request(
                 Method::GET,
-                &target,
+                target,
                 &json_headers(),
                 client,
                 request_id,
@@ -575,81 +693,30 @@ impl Gateway {
             )
             .map_err(upstream_error)?;
         let resp = self.upstream.send(up).await.map_err(upstream_error)?;
-        if matches!(resp.status(), StatusCode::NOT_FOUND | StatusCode::GONE) {
-            return Ok(None);
+        match resp.status() {
+            StatusCode::NOT_FOUND | StatusCode::GONE => return Ok(None),
+            StatusCode::BAD_REQUEST => {
+                return Err(Early::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    "the FHIR server refused the conditional criteria",
+                )
+                .decision("invalid", "precheck-criteria"));
+            }
+            s if !s.is_success() => {
+                return Err(Early::new(
+                    StatusCode::BAD_GATEWAY,
+                    "transient",
+                    "could not read the current version upstream",
+                )
+                .decision("error", "precheck-upstream"));
+            }
+            _ => {}
         }
-        if !resp.status().is_success() {
-            return Err(Early::new(
-                StatusCode::BAD_GATEWAY,
-                "transient",
-                "could not read the current version upstream",
-            )
-            .decision("error", "precheck-upstream"));
-        }
-        let bytes = collect(resp.into_body(), self.max_inspect_bytes)
+        collect(resp.into_body(), self.max_inspect_bytes)
             .await
-            .map_err(|_| bad_upstream_body())?;
-        let check_view = View {
-            letter: Letter::R,
-            ..view.clone()
-        };
-        let visible = self
-            .visible_single(&bytes, Some(rtype), &check_view, grant)
-            .await?;
-        if !visible {
-            return Err(not_found());
-        }
-        let resource: Value = serde_json::from_slice(&bytes).map_err(|_| bad_upstream_body())?;
-        let version = resource
-            .pointer("/meta/versionId")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        Ok(Some((resource, version)))
-    }
-
-    /// A resource a patient/ grant writes must have the URL's type (and id), and every
-    /// patient reference in it must be the launch patient's.
-    fn check_written(&self, resource: &Value, req: &FhirRequest, view: &View) -> Phase<()> {
-        let deny = |why: &str| {
-            Early::new(StatusCode::FORBIDDEN, "forbidden", why.to_owned())
-                .decision("deny", "write-compartment")
-        };
-        let rtype = resource.get("resourceType").and_then(Value::as_str);
-        if rtype != req.resource_type.map(|t| t.name()) {
-            return Err(Early::new(
-                StatusCode::BAD_REQUEST,
-                "invalid",
-                "resourceType in the body does not match the URL",
-            )
-            .decision("deny", "body-type"));
-        }
-        if let Some(id) = &req.id
-            && resource.get("id").and_then(Value::as_str) != Some(id.as_str())
-        {
-            return Err(Early::new(
-                StatusCode::BAD_REQUEST,
-                "invalid",
-                "id in the body does not match the URL",
-            )
-            .decision("deny", "body-id"));
-        }
-        let Some(patient) = view.patient.as_deref() else {
-            return Ok(());
-        };
-        if !membership::all_patient_refs_are(resource, patient, &self.filter.membership) {
-            return Err(deny(
-                "the resource references a patient other than the launch patient",
-            ));
-        }
-        let is_member_type = req
-            .resource_type
-            .is_some_and(crate::compartment::definition::is_member_type);
-        if is_member_type && !membership::is_member(resource, patient, &self.filter.membership) {
-            return Err(deny(
-                "the resource is not in the launch patient's compartment",
-            ));
-        }
-        Ok(())
+            .map(Some)
+            .map_err(|_| bad_upstream_body())
     }
 
     /// Phase 5: send upstream and judge what comes back.
@@ -696,7 +763,14 @@ impl Gateway {
             *out.headers_mut() = headers;
             return Ok(out);
         }
-        let ResponseRule::Filter(view) = rule else {
+        if let ResponseRule::Written(view) = rule
+            && parts.status.is_success()
+        {
+            return self
+                .written(parts.status, headers, incoming, view, grant, pass, rec)
+                .await;
+        }
+        let (ResponseRule::Filter(view) | ResponseRule::Written(view)) = rule else {
             let mut out = Response::new(body::stream(incoming));
             *out.status_mut() = parts.status;
             *out.headers_mut() = headers;
@@ -782,6 +856,71 @@ impl Gateway {
         );
         let mut out = Response::new(body::full(body));
         *out.status_mut() = parts.status;
+        *out.headers_mut() = headers;
+        Ok(out)
+    }
+
+    /// Phase 5 for a checked write that succeeded: status and headers (`Location`,
+    /// `ETag`, `Last-Modified`) always; the stored resource only when the same context's
+    /// read scopes show it, else an OperationOutcome saying the write succeeded. The write
+    /// happened, so an answer the proxy cannot judge is withheld the same way, never
+    /// turned into an error the app would retry.
+    #[allow(clippy::too_many_arguments)]
+    async fn written(
+        &self,
+        status: StatusCode,
+        mut headers: HeaderMap,
+        incoming: UpstreamBody,
+        view: &View,
+        grant: &Grant,
+        pass: Option<&ResponsePass<'_>>,
+        rec: &mut Record,
+    ) -> Phase<Response<ProxyBody>> {
+        let bytes = collect(incoming, self.max_inspect_bytes)
+            .await
+            .map_err(|_| bad_upstream_body())?;
+        for h in [
+            header::CONTENT_LENGTH,
+            header::CONTENT_ENCODING,
+            header::HeaderName::from_static("content-md5"),
+        ] {
+            headers.remove(h);
+        }
+        if bytes.is_empty() {
+            let mut out = Response::new(body::empty());
+            *out.status_mut() = status;
+            *out.headers_mut() = headers;
+            return Ok(out);
+        }
+        let read = View {
+            letter: Letter::R,
+            ..view.clone()
+        };
+        let expected = rec.resource_type.and_then(crate::fhir::ResourceType::parse);
+        let readable = matches!(
+            filter::check_single(&bytes, expected, &read, grant, &self.filter),
+            Ok(Visibility::Visible)
+        );
+        let passed = match readable {
+            true => match pass {
+                Some(pass) => pass.single(&bytes, &mut rec.policy).ok().flatten(),
+                None => Some(bytes.to_vec()),
+            },
+            false => None,
+        };
+        let body = match passed {
+            Some(b) => Bytes::from(b),
+            None => {
+                rec.removed = 1;
+                outcome::information(WRITE_SUCCEEDED)
+            }
+        };
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(outcome::FHIR_JSON),
+        );
+        let mut out = Response::new(body::full(body));
+        *out.status_mut() = status;
         *out.headers_mut() = headers;
         Ok(out)
     }
@@ -875,6 +1014,23 @@ impl Gateway {
             }
         }
     }
+}
+
+/// A checked write, ready to send.
+struct CheckedWrite {
+    /// The write itself: a conditional update/patch/delete resolved to its one match, a
+    /// conditional update without a match turned into a conditional create.
+    request: FhirRequest,
+    /// The version judged: the write is sent with `If-Match` on it.
+    if_match: Option<String>,
+    /// The body to send (the client's, or with the id of the match filled in).
+    body: Option<Bytes>,
+}
+
+/// A write refused by its checks: the answer and the audit reason.
+fn write_denied(e: WriteDenied) -> Early {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::FORBIDDEN);
+    Early::new(status, e.issue(), e.message()).decision("deny", e.code())
 }
 
 /// The request body: still streaming, or already read for a check.
@@ -992,38 +1148,6 @@ fn wants_xml(headers: &HeaderMap, req: &FhirRequest) -> bool {
     }
 }
 
-fn apply_json_patch(mut current: Value, patch: &[u8], headers: &HeaderMap) -> Phase<Value> {
-    let is_json_patch = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json-patch+json"));
-    if !is_json_patch {
-        return Err(Early::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "not-supported",
-            "under patient/ scopes only JSON Patch (application/json-patch+json) can be checked",
-        )
-        .decision("deny", "patch-format"));
-    }
-    let ops: json_patch::Patch = serde_json::from_slice(patch).map_err(|_| {
-        Early::new(
-            StatusCode::BAD_REQUEST,
-            "invalid",
-            "the body is not a JSON Patch document",
-        )
-        .decision("invalid", "patch-body")
-    })?;
-    json_patch::patch(&mut current, &ops).map_err(|_| {
-        Early::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "processing",
-            "the JSON Patch does not apply to the current version",
-        )
-        .decision("deny", "patch-apply")
-    })?;
-    Ok(current)
-}
-
 fn classify_error(e: ClassifyError, rec: &mut Record) -> Early {
     rec.detail = e.to_string();
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
@@ -1064,6 +1188,14 @@ fn bad_upstream_body() -> Early {
 }
 
 const NOT_FOUND_MESSAGE: &str = "resource not found";
+
+const WRITE_SUCCEEDED: &str =
+    "the write succeeded; this grant may not read the stored resource, so it is not returned";
+
+/// The outcome that stands in for a written resource the grant may not read.
+fn write_succeeded_outcome() -> Value {
+    serde_json::from_slice(&outcome::information(WRITE_SUCCEEDED)).unwrap_or(Value::Null)
+}
 
 /// The one answer for "does not exist" and "not yours": same status, same body.
 fn not_found() -> Early {
