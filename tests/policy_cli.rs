@@ -243,3 +243,71 @@ fn explain_shows_decision_scope_rule_and_narrowing_without_network() {
     let out = run("GET", "Patient/a%2Fb");
     assert!(out.starts_with("decision: invalid\n"), "{out}");
 }
+
+#[test]
+fn explain_shows_the_write_checks_and_judges_a_given_body() {
+    let dir = temp_dir("explain-write");
+    let cfg = config(&dir, &["policies/default.yaml"]);
+    let claims = dir.join("claims.json");
+    let vital = "http://terminology.hl7.org/CodeSystem/observation-category|vital-signs";
+    std::fs::write(
+        &claims,
+        format!(
+            r#"{{"client_id": "vitals-feed", "scope": "patient/Observation.c?category={vital} patient/Observation.u", "patient": "pt-01"}}"#
+        ),
+    )
+    .unwrap();
+    let body = |name: &str, category: &str| {
+        let file = dir.join(name);
+        std::fs::write(
+            &file,
+            format!(
+                r#"{{"resourceType": "Observation", "status": "final", "code": {{"text": "x"}},
+                "category": [{{"coding": [{{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "{category}"}}]}}],
+                "subject": {{"reference": "Patient/pt-01"}}}}"#
+            ),
+        )
+        .unwrap();
+        file
+    };
+    let run = |method: &str, url: &str, body: Option<&Path>| {
+        let mut args = vec![
+            "explain".to_owned(),
+            "--config".into(),
+            cfg.to_string_lossy().into_owned(),
+            "--claims".into(),
+            claims.to_string_lossy().into_owned(),
+        ];
+        if let Some(b) = body {
+            args.extend(["--body".into(), b.to_string_lossy().into_owned()]);
+        }
+        args.extend([method.to_owned(), url.to_owned()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = smartgate(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    // The reported bug: a laboratory Observation under a vital-signs create scope.
+    let out = run("POST", "Observation", Some(&body("lab.json", "laboratory")));
+    for want in [
+        "write:    the body must be inside a `c` scope (its parameters too) of the patient context, compartment of Patient/pt-01\n",
+        "body:     refused 403 (write-scope)",
+        vital,
+        "response: status, Location, ETag and Last-Modified; the resource only if `r` scopes",
+    ] {
+        assert!(out.contains(want), "{want:?} missing in:\n{out}");
+    }
+    let out = run(
+        "POST",
+        "Observation",
+        Some(&body("vital.json", "vital-signs")),
+    );
+    assert!(out.contains("body:     inside the grant\n"), "{out}");
+    // A write-only update: the current version is judged by `u`, not by read scopes.
+    let out = run("PUT", "Observation/obs-1", None);
+    assert!(
+        out.contains("write:    the current version is read first; it must be inside a `u` scope (its parameters too) of the patient context, compartment of Patient/pt-01, and the write is pinned to it (If-Match)\n"),
+        "{out}"
+    );
+    assert!(!out.contains("body:"), "no body given: {out}");
+}
