@@ -142,8 +142,13 @@ pub fn explain(
         }
         _ => None,
     };
+    // A body the write checks refuse is refused whatever the scopes allowed.
+    let verdict = match body_verdict {
+        Some(Err(_)) => "deny",
+        _ => verdict_name(&decision),
+    };
     Ok(Explanation {
-        verdict: verdict_name(&decision),
+        verdict,
         request,
         grant,
         decision,
