@@ -46,11 +46,14 @@
 //!
 //! `SMARTGATE_WRITE_LEAK_SEED` replays a run (the seed is printed first),
 //! `SMARTGATE_WRITE_LEAK_WRITES` sets the number of cases (default 400),
-//! `SMARTGATE_WRITE_LEAK_THREADS` the concurrency (default 4) and
+//! `SMARTGATE_WRITE_LEAK_SHOW` how many failures of each kind are printed (default 8),
+//! `SMARTGATE_WRITE_LEAK_THREADS` the concurrency (default 1: hfs on sqlite answers "database
+//! table is locked" to concurrent writes, which would read as false refusals) and
 //! `SMARTGATE_WRITE_LEAK_PROXY_YAML` appends smartgate configuration.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -62,6 +65,9 @@ const WL_SYS: &str = "urn:smartgate:write-leak";
 const OBS_CAT: &str = "http://terminology.hl7.org/CodeSystem/observation-category";
 const COND_CAT: &str = "http://terminology.hl7.org/CodeSystem/condition-category";
 const PRACTITIONER: &str = "Practitioner/pr-01";
+/// Failure kinds counted in the summary.
+const UNAUTHORIZED: &str = "UNAUTHORIZED CHANGE";
+const FALSE_REFUSAL: &str = "FALSE REFUSAL";
 
 // ---------------------------------------------------------------------------------------
 // PRNG
@@ -187,6 +193,8 @@ enum Kind {
     User,
     /// Backend: no patient, no fhirUser.
     Backend,
+    /// No patient, no fhirUser, and mostly `patient/` scopes (which then grant nothing).
+    NoLaunch,
 }
 
 #[derive(Clone, Debug)]
@@ -596,6 +604,7 @@ impl Gen {
             Kind::User,
             Kind::Backend,
             Kind::Backend,
+            Kind::NoLaunch,
         ]);
         // The contexts scopes are drawn from: the ones that count, mostly, and now and then
         // one that must not (system/ on a user token, patient/ without a launch patient).
@@ -604,6 +613,7 @@ impl Gen {
             Kind::PatientUser => (&[Ctx::Patient, Ctx::User], &[Ctx::System]),
             Kind::User => (&[Ctx::User], &[Ctx::Patient, Ctx::System]),
             Kind::Backend => (&[Ctx::System], &[Ctx::Patient]),
+            Kind::NoLaunch => (&[Ctx::Patient], &[Ctx::System]),
         };
         let n = 1 + self.rng.below(3);
         let mut scopes = Vec::new();
@@ -776,7 +786,10 @@ impl Gen {
                     let v = self.modify(t, &cur, &marker, &a, &b);
                     let mut sent = v.clone();
                     if shape == Shape::CondUpdate {
-                        sent.as_object_mut().expect("object").remove("id");
+                        // The body may name the match's id or carry none (both are valid).
+                        if self.rng.chance(50) {
+                            sent.as_object_mut().expect("object").remove("id");
+                        }
                         // Watches for a narrowed conditional update creating a new one.
                         en.probe = Some(probes.len());
                         probes.push((t, en.ident.clone()));
@@ -1105,6 +1118,16 @@ impl Upstream {
         let mut attempt = 0;
         loop {
             match http::send(&self.addr, method, &target, &h, &bytes) {
+                // hfs on sqlite answers "database table is locked" under concurrent writes.
+                Ok(r) if r.status >= 500 && attempt < 5 => {
+                    attempt += 1;
+                    eprintln!(
+                        "upstream {method} {rel}: {} {:.200}, retrying",
+                        r.status,
+                        r.text()
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(100 * attempt));
+                }
                 Ok(r) => return r,
                 Err(e) if attempt < 3 => {
                     attempt += 1;
@@ -1156,16 +1179,14 @@ struct Counts {
     allowed: AtomicUsize,
     refused: AtomicUsize,
     noop: AtomicUsize,
-    unauthorized: AtomicUsize,
-    false_refusals: AtomicUsize,
-    other: AtomicUsize,
 }
 
 struct Run<'t> {
     proxy: &'t Proxy,
     up: Upstream,
     seed: u64,
-    failures: Mutex<Vec<String>>,
+    /// (case, kind, text).
+    failures: Mutex<Vec<(usize, &'static str, String)>>,
     counts: Counts,
 }
 
@@ -1181,6 +1202,59 @@ fn key_fields(v: &Value) -> Value {
         }
     }
     Value::Object(out)
+}
+
+/// A resource in a few words: type/id, subject, categories, other patient references.
+fn brief(v: &Value) -> String {
+    let mut refs = Vec::new();
+    patient_refs(v, &mut refs);
+    let cats: Vec<&str> = v["category"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["coding"].as_array().into_iter().flatten())
+        .filter_map(|x| x["code"].as_str())
+        .collect();
+    format!(
+        "{}/{} refs={refs:?} category={cats:?}",
+        v["resourceType"].as_str().unwrap_or("?"),
+        v["id"].as_str().unwrap_or("-"),
+    )
+}
+
+/// The answer in a few words: a Bundle's entry statuses and messages, or the body's start.
+fn answer(resp: &Resp) -> String {
+    let v: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
+    let diag = |o: &Value| {
+        o["issue"][0]["diagnostics"]
+            .as_str()
+            .or(o["issue"][0]["details"]["text"].as_str())
+            .unwrap_or("")
+            .to_owned()
+    };
+    match v["resourceType"].as_str() {
+        Some("Bundle") => v["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, e)| {
+                format!(
+                    "\n        [{i}] {} {}{}",
+                    e["response"]["status"].as_str().unwrap_or("?"),
+                    diag(&e["response"]["outcome"]),
+                    if e["resource"].is_object() {
+                        format!(" returned {}", brief(&e["resource"]))
+                    } else {
+                        String::new()
+                    }
+                )
+            })
+            .collect(),
+        Some("OperationOutcome") => format!("OperationOutcome: {}", diag(&v)),
+        Some(_) => format!("returned {}", brief(&v)),
+        None => format!("{:.300}", resp.text()),
+    }
 }
 
 fn short(v: &Value) -> String {
@@ -1214,11 +1288,20 @@ impl Run<'_> {
                     r.text()
                 ));
             }
-            let r = self.up.read(&f.key());
-            if r.status != 200 {
-                return Err(format!("fixture {} read back: {}", f.key(), r.status));
-            }
-            f.body = r.json();
+            // hfs answers the stored version (meta included), the same as a read.
+            let stored = serde_json::from_slice::<Value>(&r.body)
+                .ok()
+                .filter(|v| v["id"] == json!(f.id) && v["meta"]["versionId"].is_string());
+            f.body = match stored {
+                Some(v) => v,
+                None => {
+                    let r = self.up.read(&f.key());
+                    if r.status != 200 {
+                        return Err(format!("fixture {} read back: {}", f.key(), r.status));
+                    }
+                    r.json()
+                }
+            };
         }
         Ok(())
     }
@@ -1251,9 +1334,12 @@ impl Run<'_> {
         let resp = self.proxy.req(en.method(), &url, token, &hr, &body);
         let hs: String = h.iter().map(|(k, v)| format!(" [{k}: {v}]")).collect();
         let text = format!(
-            "{} /fhir/{url}{hs} {}",
+            "{} /fhir/{url}{hs} {}{}",
             en.method(),
-            String::from_utf8_lossy(&body)
+            String::from_utf8_lossy(&body),
+            en.target
+                .map(|t| format!(" | current: {}", brief(&c.fixtures[t].body)))
+                .unwrap_or_default()
         );
         (text, resp)
     }
@@ -1393,12 +1479,16 @@ impl Run<'_> {
         d
     }
 
-    fn fail(&self, c: &Case, req: &str, kind: &str, what: String) {
-        self.failures.lock().unwrap().push(format!(
-            "seed {} case {} | {kind} | {} | {req} | {what}",
-            self.seed,
+    fn fail(&self, c: &Case, req: &str, kind: &'static str, what: String) {
+        self.failures.lock().unwrap().push((
             c.n,
-            c.grant.describe()
+            kind,
+            format!(
+                "seed {} case {} | {kind} | {} | {req} | {what}",
+                self.seed,
+                c.n,
+                c.grant.describe()
+            ),
         ));
     }
 
@@ -1446,7 +1536,6 @@ impl Run<'_> {
 
     fn run(&self, mut c: Case) {
         if let Err(e) = self.setup(&mut c) {
-            self.counts.other.fetch_add(1, Ordering::Relaxed);
             self.fail(&c, "setup", "SETUP", e);
             return;
         }
@@ -1463,7 +1552,29 @@ impl Run<'_> {
                 &[("Content-Type", "application/fhir+json")],
                 b.to_string().as_bytes(),
             );
-            (format!("POST /fhir ({:?}) {}", c.mode, b), resp)
+            let entries: Vec<String> = c
+                .entries
+                .iter()
+                .enumerate()
+                .map(|(i, en)| {
+                    format!(
+                        "\n        [{i}] {} {}{}{}",
+                        en.method(),
+                        en.url(&c.fixtures),
+                        en.body
+                            .as_ref()
+                            .map(|b| format!(" body: {}", brief(b)))
+                            .unwrap_or_default(),
+                        en.target
+                            .map(|t| format!(" current: {}", brief(&c.fixtures[t].body)))
+                            .unwrap_or_default()
+                    )
+                })
+                .collect();
+            (
+                format!("POST /fhir ({:?}):{}", c.mode, entries.concat()),
+                resp,
+            )
         };
         self.judge_body(&c, &req, &resp);
 
@@ -1543,20 +1654,16 @@ impl Run<'_> {
             strict.fates[i] == Fate::Same && wd.iter().any(|d| d.starts_with(&c.fixtures[i].key()))
         }) || wd.iter().any(|d| d.contains("CREATED"));
         let kind = if changed_outside {
-            self.counts.unauthorized.fetch_add(1, Ordering::Relaxed);
-            "UNAUTHORIZED CHANGE"
+            UNAUTHORIZED
         } else if strict.status == Want::Ok && (!is_ok(resp.status) || !sd.is_empty()) {
-            self.counts.false_refusals.fetch_add(1, Ordering::Relaxed);
-            "FALSE REFUSAL"
+            FALSE_REFUSAL
         } else if !wd.is_empty() {
-            self.counts.other.fetch_add(1, Ordering::Relaxed);
             "NOT APPLIED AS SENT"
         } else {
-            self.counts.other.fetch_add(1, Ordering::Relaxed);
             "REFUSED WRITE ANSWERED 2xx (nothing changed)"
         };
         let mut what = format!(
-            "expected ({}): {:?}{}; got {} {:.400}",
+            "expected ({}): {:?}{}; got {} {}",
             strict.label,
             strict.status,
             if strict.entries.is_empty() {
@@ -1565,7 +1672,7 @@ impl Run<'_> {
                 format!(" entries {:?}", strict.entries)
             },
             resp.status,
-            resp.text()
+            answer(&resp)
         );
         if alts.len() > 1 {
             what.push_str(&format!(" (also accepted: {})", alts[1].label));
@@ -1583,7 +1690,6 @@ impl Run<'_> {
             let oo = serde_json::from_slice::<Value>(&resp.body)
                 .is_ok_and(|v| v["resourceType"] == "OperationOutcome");
             if !oo {
-                self.counts.other.fetch_add(1, Ordering::Relaxed);
                 self.fail(
                     c,
                     req,
@@ -1600,18 +1706,15 @@ impl Run<'_> {
         let created = resp.status == 201;
         let updated = matches!(en.shape, Shape::Update | Shape::Patch | Shape::CondUpdate);
         if (created || updated) && resp.header("ETag").is_none() {
-            self.counts.other.fetch_add(1, Ordering::Relaxed);
             self.fail(c, req, "HEADERS", format!("{} without ETag", resp.status));
         }
         let loc = resp.header("Location");
         if created && loc.is_none() {
-            self.counts.other.fetch_add(1, Ordering::Relaxed);
             self.fail(c, req, "HEADERS", "201 without Location".into());
         }
         if let Some(l) = loc
             && !l.starts_with(&format!("{}/{}/", self.proxy.base, en.rtype.name()))
         {
-            self.counts.other.fetch_add(1, Ordering::Relaxed);
             self.fail(
                 c,
                 req,
@@ -1640,7 +1743,7 @@ fn randomized_write_leak_test() {
     println!("SMARTGATE_WRITE_LEAK_SEED={seed}");
     eprintln!("SMARTGATE_WRITE_LEAK_SEED={seed}");
     let n = env_num("SMARTGATE_WRITE_LEAK_WRITES").unwrap_or(400) as usize;
-    let threads = env_num("SMARTGATE_WRITE_LEAK_THREADS").unwrap_or(4) as usize;
+    let threads = env_num("SMARTGATE_WRITE_LEAK_THREADS").unwrap_or(1) as usize;
     // Ids must be unique across runs against a reused bed; the nonce changes ids only.
     let nonce = format!(
         "{:06x}",
@@ -1696,27 +1799,50 @@ fn randomized_write_leak_test() {
     });
     let k = &run.counts;
     let get = |a: &AtomicUsize| a.load(Ordering::Relaxed);
+    let mut failures = run.failures.into_inner().unwrap();
+    failures.sort_by_key(|f| f.0);
+    let mut kinds: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (_, kind, text) in &failures {
+        kinds.entry(kind).or_default().push(text);
+    }
+    let count = |kind: &str| kinds.get(kind).map_or(0, Vec::len);
     let summary = format!(
-        "{} cases, {} writes in {:.1}s: {} allowed, {} refused, {} no-ops (conditional patch/delete matching nothing) by the oracle; {} unauthorized changes, {} false refusals, {} other failures",
+        "SMARTGATE_WRITE_LEAK_SEED={seed}: {} cases, {} writes in {:.1}s; by the oracle {} allowed, {} refused, {} no-ops (conditional patch/delete matching nothing); {} unauthorized changes, {} false refusals, {} failures in all{}",
         get(&k.cases),
         get(&k.writes),
         started.elapsed().as_secs_f64(),
         get(&k.allowed),
         get(&k.refused),
         get(&k.noop),
-        get(&k.unauthorized),
-        get(&k.false_refusals),
-        get(&k.other),
+        count(UNAUTHORIZED),
+        count(FALSE_REFUSAL),
+        failures.len(),
+        kinds
+            .iter()
+            .map(|(kind, v)| format!("\n  {kind}: {}", v.len()))
+            .collect::<String>(),
     );
     println!("{summary}");
-    let failures = run.failures.into_inner().unwrap();
     if !failures.is_empty() {
-        let shown: Vec<&str> = failures.iter().take(60).map(String::as_str).collect();
+        let per_kind = env_num("SMARTGATE_WRITE_LEAK_SHOW").unwrap_or(8) as usize;
+        let shown: String = kinds
+            .iter()
+            .map(|(kind, v)| {
+                format!(
+                    "\n=== {kind}: {} (first {}) ===\n{}",
+                    v.len(),
+                    v.len().min(per_kind),
+                    v.iter()
+                        .take(per_kind)
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )
+            })
+            .collect();
         panic!(
-            "{} failures (seed {seed}; replay with SMARTGATE_WRITE_LEAK_SEED={seed}), first {}:\n{}\n{summary}",
+            "{} failures (replay with SMARTGATE_WRITE_LEAK_SEED={seed}):{shown}\n\n{summary}",
             failures.len(),
-            shown.len(),
-            shown.join("\n")
         );
     }
 }
