@@ -1257,6 +1257,26 @@ fn answer(resp: &Resp) -> String {
     }
 }
 
+/// The key fields that differ between `want` and `got`, as `field: want -> got`.
+fn field_diff(want: &Value, got: &Value) -> String {
+    let diffs: Vec<String> = KEY_FIELDS
+        .iter()
+        .filter(|k| want.get(**k) != got.get(**k))
+        .map(|k| {
+            format!(
+                "{k}: {} -> {}",
+                want.get(*k).map_or("(none)".into(), short),
+                got.get(*k).map_or("(none)".into(), short)
+            )
+        })
+        .collect();
+    if diffs.is_empty() {
+        "same key fields".into()
+    } else {
+        diffs.join(", ")
+    }
+}
+
 fn short(v: &Value) -> String {
     let s = v.to_string();
     if s.len() > 600 {
@@ -1392,11 +1412,11 @@ impl Run<'_> {
             match (&alt.fates[i], &now) {
                 (Fate::Same, Some(v)) if *v == f.body => {}
                 (Fate::Same, Some(v)) => d.push(format!(
-                    "{} CHANGED: version {} -> {}; now {}",
+                    "{} CHANGED upstream: version {} -> {}: {}",
                     f.key(),
                     f.body["meta"]["versionId"],
                     v["meta"]["versionId"],
-                    short(&key_fields(v))
+                    field_diff(&f.body, v)
                 )),
                 (Fate::Same, None) => {
                     d.push(format!("{} GONE (read answers {})", f.key(), r.status))
@@ -1409,12 +1429,11 @@ impl Run<'_> {
                 )),
                 (Fate::Updated(want), Some(v)) if key_fields(want) == key_fields(v) => {}
                 (Fate::Updated(want), Some(v)) => d.push(format!(
-                    "{} not updated as sent: want {} got {} (version {} -> {})",
+                    "{} not updated as sent (version {} -> {}): {}",
                     f.key(),
-                    short(&key_fields(want)),
-                    short(&key_fields(v)),
                     f.body["meta"]["versionId"],
-                    v["meta"]["versionId"]
+                    v["meta"]["versionId"],
+                    field_diff(want, v)
                 )),
                 (Fate::Updated(_), None) => d.push(format!(
                     "{} should be updated, read answers {}",
@@ -1464,13 +1483,18 @@ impl Run<'_> {
                         ));
                     }
                 }
-                (Found::One(want), vs) => d.push(format!(
-                    "{} with identifier {ident}: want one {} got {} [{}]",
+                (Found::One(want), []) => d.push(format!(
+                    "{} with identifier {ident} not created (want {})",
                     t.name(),
-                    short(&key_fields(want)),
+                    brief(want)
+                )),
+                (Found::One(want), vs) => d.push(format!(
+                    "{} with identifier {ident}: want one {} got {}: {}",
+                    t.name(),
+                    brief(want),
                     vs.len(),
                     vs.iter()
-                        .map(|v| short(&key_fields(v)))
+                        .map(|v| field_diff(want, v))
                         .collect::<Vec<_>>()
                         .join("; ")
                 )),
@@ -1604,11 +1628,21 @@ impl Run<'_> {
             if !alt.status.accepts(resp.status) {
                 d.push(format!("status {} (want {:?})", resp.status, alt.status));
             }
+            if !is_ok(resp.status) {
+                // Refused as a whole: fine for a batch of entries that are all refused.
+                let wanted: Vec<usize> = (0..alt.entries.len())
+                    .filter(|i| alt.entries[*i] == Want::Ok)
+                    .collect();
+                if !wanted.is_empty() && alt.status.accepts(resp.status) {
+                    d.push(format!(
+                        "refused as a whole, but entries {wanted:?} are allowed"
+                    ));
+                }
+                return d;
+            }
             for (i, w) in alt.entries.iter().enumerate() {
                 match entry_status[i] {
                     Some(s) if w.accepts(s) => {}
-                    // A batch refused as a whole: fine for entries that are refused.
-                    None if !is_ok(resp.status) && *w != Want::Ok => {}
                     s => d.push(format!("entry {i} status {s:?} (want {w:?})")),
                 }
             }
@@ -1770,6 +1804,21 @@ fn randomized_write_leak_test() {
         cases.push(c);
     }
 
+    // What this run covers.
+    let mut mix: BTreeMap<String, usize> = BTreeMap::new();
+    for c in &cases {
+        for en in &c.entries {
+            let mode = match c.mode {
+                Mode::Single => "",
+                Mode::Batch => " in batch",
+                Mode::Transaction => " in transaction",
+            };
+            *mix.entry(format!("{:?}{mode}", en.shape)).or_default() += 1;
+        }
+        *mix.entry(format!("grant {:?}", c.grant.kind)).or_default() += 1;
+    }
+    let mix: String = mix.iter().map(|(k, v)| format!(" {k}={v}")).collect();
+    println!("writes and grants:{mix}");
     let upstream = bed().var("FHIR_BASE").trim_end_matches('/').to_owned();
     let proxy = Proxy::start(&std::env::var("SMARTGATE_WRITE_LEAK_PROXY_YAML").unwrap_or_default());
     let run = Run {
