@@ -751,6 +751,7 @@ impl Gen {
         t: RType,
         n: usize,
         e: usize,
+        single: bool,
         fixtures: &mut Vec<Fixture>,
         probes: &mut Vec<(RType, String)>,
     ) -> Entry {
@@ -771,6 +772,9 @@ impl Gen {
         let hit = match shape {
             Shape::CondUpdate | Shape::CondPatch | Shape::CondDelete => self.rng.chance(75),
             Shape::Update | Shape::Patch | Shape::Delete => true,
+            // If-None-Exist matching an existing resource: single requests only (two
+            // acceptable outcomes, see `entry_alts`).
+            Shape::CondCreate => single && self.rng.chance(25),
             _ => false,
         };
         if hit {
@@ -808,6 +812,14 @@ impl Gen {
                         .collect();
                     en.body = Some(Value::Array(ops));
                     en.patch = true;
+                    en.result = Some(v);
+                }
+                Shape::CondCreate => {
+                    // A new resource carrying the match's identifier.
+                    let v = self.fresh_body(t, &en.ident, &marker, &a, &b);
+                    en.probe = Some(probes.len());
+                    probes.push((t, en.ident.clone()));
+                    en.body = Some(v.clone());
                     en.result = Some(v);
                 }
                 _ => {}
@@ -883,7 +895,7 @@ impl Gen {
         ];
         if mode == Mode::Single {
             let shape = *self.rng.pick(&all);
-            entries.push(self.entry(shape, t, n, 0, &mut fixtures, &mut probes));
+            entries.push(self.entry(shape, t, n, 0, true, &mut fixtures, &mut probes));
         } else {
             // Bundles: Observations and Conditions only (each entry its own fixture).
             for e in 0..2 + self.rng.below(3) {
@@ -893,7 +905,7 @@ impl Gen {
                     RType::Condition
                 };
                 let shape = *self.rng.pick(&in_bundle);
-                entries.push(self.entry(shape, et, n, e, &mut fixtures, &mut probes));
+                entries.push(self.entry(shape, et, n, e, false, &mut fixtures, &mut probes));
             }
         }
         let letters: String = {
@@ -973,7 +985,16 @@ impl Case {
         let result = en.result.as_ref();
         match en.shape {
             Shape::Create | Shape::CondCreate => {
-                vec![judge(g, &plain("c", result, None, true), true)]
+                let j = judge(g, &plain("c", result, None, true), true);
+                if en.target.is_some() && j.0 == Want::Ok {
+                    // If-None-Exist matches a resource: it answers with the match and creates
+                    // nothing, or (criteria narrowed away from a match the grant cannot
+                    // see) creates. Either way the match itself is unchanged, and the
+                    // response may carry it only if the grant can read it.
+                    vec![(Want::Ok, Vec::new(), Vec::new()), j]
+                } else {
+                    vec![j]
+                }
             }
             Shape::UpdateCreate => vec![judge(g, &plain("u", result, None, true), true)],
             Shape::Update | Shape::Patch => {
@@ -1043,16 +1064,18 @@ impl Case {
             found: vec![Found::Nothing; self.probes.len()],
         };
         let per: Vec<_> = self.entries.iter().map(|e| self.entry_alts(e)).collect();
+        let en0 = &self.entries[0];
         match self.mode {
             Mode::Single => per[0]
                 .iter()
                 .enumerate()
                 .map(|(i, (want, fates, found))| {
                     let mut alt = base(
-                        if i == 0 {
-                            "strict"
-                        } else {
-                            "criteria pinned to A"
+                        match (i, en0.shape) {
+                            (0, Shape::CondCreate) => "the match answers, nothing created",
+                            (_, Shape::CondCreate) => "criteria narrowed away from the match",
+                            (0, _) => "strict",
+                            _ => "criteria pinned to A",
                         },
                         *want,
                         vec![],
@@ -1813,7 +1836,17 @@ fn randomized_write_leak_test() {
                 Mode::Batch => " in batch",
                 Mode::Transaction => " in transaction",
             };
-            *mix.entry(format!("{:?}{mode}", en.shape)).or_default() += 1;
+            let hit = match en.shape {
+                Shape::CondCreate | Shape::CondUpdate | Shape::CondPatch | Shape::CondDelete => {
+                    if en.target.is_some() {
+                        "(1 match)"
+                    } else {
+                        "(0 matches)"
+                    }
+                }
+                _ => "",
+            };
+            *mix.entry(format!("{:?}{hit}{mode}", en.shape)).or_default() += 1;
         }
         *mix.entry(format!("grant {:?}", c.grant.kind)).or_default() += 1;
     }
