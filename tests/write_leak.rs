@@ -749,8 +749,7 @@ impl Gen {
         &mut self,
         shape: Shape,
         t: RType,
-        n: usize,
-        e: usize,
+        (n, e): (usize, usize),
         single: bool,
         fixtures: &mut Vec<Fixture>,
         probes: &mut Vec<(RType, String)>,
@@ -895,7 +894,7 @@ impl Gen {
         ];
         if mode == Mode::Single {
             let shape = *self.rng.pick(&all);
-            entries.push(self.entry(shape, t, n, 0, true, &mut fixtures, &mut probes));
+            entries.push(self.entry(shape, t, (n, 0), true, &mut fixtures, &mut probes));
         } else {
             // Bundles: Observations and Conditions only (each entry its own fixture).
             for e in 0..2 + self.rng.below(3) {
@@ -905,7 +904,7 @@ impl Gen {
                     RType::Condition
                 };
                 let shape = *self.rng.pick(&in_bundle);
-                entries.push(self.entry(shape, et, n, e, false, &mut fixtures, &mut probes));
+                entries.push(self.entry(shape, et, (n, e), false, &mut fixtures, &mut probes));
             }
         }
         let letters: String = {
