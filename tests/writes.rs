@@ -716,3 +716,44 @@ fn checked_writes_inside_transactions_and_batches() {
     assert!(upstream_by_identifier(&ident_lab).is_empty());
     let _ = d0;
 }
+
+#[test]
+fn scopes_are_a_union_for_writes_too() {
+    let _s = serial();
+    // patient/ alone would refuse B's Observation; the granular user/ scope grants it.
+    let t = px().mint(TokenReq {
+        scope: &format!("patient/Observation.c user/Observation.c?category={CAT}|laboratory"),
+        patient: Some(A),
+        fhir_user: Some("Practitioner/pr-01"),
+        ..Default::default()
+    });
+    let ident = fresh("union-lab-b");
+    let r = send(
+        "POST",
+        "Observation",
+        &t,
+        &observation(B, "laboratory", &ident),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(upstream_by_identifier(&ident).len(), 1);
+    // Neither context grants a vital-signs Observation of B: the first refusal stands.
+    let ident = fresh("union-vital-b");
+    let r = send(
+        "POST",
+        "Observation",
+        &t,
+        &observation(B, "vital-signs", &ident),
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(upstream_by_identifier(&ident).is_empty());
+    // patient/ grants A's own of any category.
+    let ident = fresh("union-vital-a");
+    let r = send(
+        "POST",
+        "Observation",
+        &t,
+        &observation(A, "vital-signs", &ident),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(upstream_by_identifier(&ident).len(), 1);
+}

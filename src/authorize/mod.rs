@@ -662,6 +662,16 @@ fn open_context(
             p.response = ResponseRule::Filter(view.clone());
         }
     }
+    // A write by a grant that may not read the type here: its answer is judged as a
+    // write result (status and headers; the resource only if readable).
+    if writes(i)
+        && !granular
+        && req
+            .resource_type
+            .is_none_or(|t| cover_one(grant, ctx, Some(t), Letter::R).0 != Cover::Plain)
+    {
+        p.response = ResponseRule::Written(view.clone());
+    }
     if granular {
         let multi = matches!(need.types, Types::List(_));
         if i == Interaction::HistoryType || multi {
@@ -835,6 +845,21 @@ fn patient_context(
     }
     p.narrowed |= narrow::neutralize(&mut p.request.params);
     Verdict::Allow(allow(p, "scope", scope))
+}
+
+/// Interactions that change data.
+fn writes(i: Interaction) -> bool {
+    matches!(
+        i,
+        Interaction::Create
+            | Interaction::ConditionalCreate
+            | Interaction::Update
+            | Interaction::Patch
+            | Interaction::Delete
+            | Interaction::ConditionalUpdate
+            | Interaction::ConditionalPatch
+            | Interaction::ConditionalDelete
+    )
 }
 
 /// Interactions whose response is a Bundle.

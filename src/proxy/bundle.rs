@@ -14,7 +14,7 @@ use crate::audit::Record;
 use crate::authenticate::Grant;
 use crate::authorize::{Outcome, ResponseRule, View};
 use crate::body::{self, ProxyBody};
-use crate::classify::{self, Interaction};
+use crate::classify::{self, FhirRequest, Interaction};
 use crate::filter::{self, Visibility};
 use crate::forward::ClientInfo;
 use crate::outcome;
@@ -304,7 +304,7 @@ impl Gateway {
         let fhir = classify::classify_entry(&method, &url, ine.as_deref())
             .map_err(|e| forbidden(&e.to_string()))?;
         let decision = policies.decide(grant, &fhir, &mut rec.policy);
-        let plan = match decision.outcome {
+        let mut plan = match decision.outcome {
             Outcome::Forward(plan) => plan,
             Outcome::Reject(r) => return Err(forbidden(&r.message)),
         };
@@ -330,9 +330,21 @@ impl Gateway {
                 )),
                 None => None,
             };
-            let checked = self
-                .check_write(&plan, body, None, grant, client, request_id)
+            let (checked, _) = self
+                .write_phase(
+                    &mut plan, &fhir, grant, policies, body, None, client, request_id,
+                )
                 .await?;
+            let Some(checked) = checked else {
+                // Another context grants the entry without checks.
+                return Ok(place_entry(
+                    entry,
+                    &plan.request,
+                    &method,
+                    None,
+                    plan.response,
+                ));
+            };
             if let Some(version) = &checked.if_match {
                 let etag = format!("W/\"{version}\"");
                 let sent = entry.pointer("/request/ifMatch").and_then(Value::as_str);
@@ -353,21 +365,39 @@ impl Gateway {
             }
             request = checked.request;
         }
-        if let Some(req) = entry.get_mut("request").and_then(Value::as_object_mut) {
-            req.insert(
-                "method".into(),
-                Value::String(request.upstream_method(&method).to_string()),
-            );
-            req.insert("url".into(), Value::String(request.upstream_target()));
-            if let Some(criteria) = request.if_none_exist() {
-                req.insert("ifNoneExist".into(), Value::String(criteria));
-            }
-            if let Some(etag) = if_match {
-                req.insert("ifMatch".into(), Value::String(etag));
-            }
-        }
-        Ok(plan.response)
+        Ok(place_entry(
+            entry,
+            &request,
+            &method,
+            if_match,
+            plan.response,
+        ))
     }
+}
+
+/// Rewrites an entry's request to what was decided (and checked); the rule that
+/// judges its answer.
+fn place_entry(
+    entry: &mut Value,
+    request: &FhirRequest,
+    method: &Method,
+    if_match: Option<String>,
+    rule: ResponseRule,
+) -> ResponseRule {
+    if let Some(req) = entry.get_mut("request").and_then(Value::as_object_mut) {
+        req.insert(
+            "method".into(),
+            Value::String(request.upstream_method(method).to_string()),
+        );
+        req.insert("url".into(), Value::String(request.upstream_target()));
+        if let Some(criteria) = request.if_none_exist() {
+            req.insert("ifNoneExist".into(), Value::String(criteria));
+        }
+        if let Some(etag) = if_match {
+            req.insert("ifMatch".into(), Value::String(etag));
+        }
+    }
+    rule
 }
 
 /// A batch/transaction response entry answering a refusal.

@@ -25,7 +25,7 @@ use tracing::Instrument;
 
 use crate::audit::{AuditLog, Record};
 use crate::authenticate::{Authenticator, Grant};
-use crate::authorize::{Decision, Outcome, Plan, ResponseRule, View};
+use crate::authorize::{Decision, Outcome, Plan, Reason, ResponseRule, View};
 use crate::body::{self, ProxyBody};
 use crate::classify::{self, ClassifyError, FhirRequest, Interaction, RawRequest};
 use crate::config::BaseUrl;
@@ -39,7 +39,7 @@ use crate::metadata::TtlCache;
 use crate::metrics::{Metrics, RequestLabels, ResultLabels, status_class};
 use crate::outcome;
 use crate::paging::PagingKey;
-use crate::policy::{PolicyHandle, ResponsePass};
+use crate::policy::{PolicyHandle, PolicySet, ResponsePass};
 use crate::scope::Letter;
 use crate::telemetry;
 use crate::write::{self, Judge, WriteDenied};
@@ -348,11 +348,50 @@ impl Gateway {
         }
 
         let decision = policies.decide(&grant, &fhir, &mut rec.policy);
-        let plan = self.decided(decision, rec)?;
+        let mut plan = self.decided(decision, rec)?;
+        let inspected = pass.is_some()
+            || matches!(
+                plan.response,
+                ResponseRule::Filter(_) | ResponseRule::Written(_)
+            );
+        if inspected && wants_xml(&parts.headers, &plan.request) {
+            return Err(Early::new(
+                StatusCode::NOT_ACCEPTABLE,
+                "not-supported",
+                "this response must be checked before it leaves, which needs JSON: ask for application/fhir+json",
+            )
+            .decision("deny", "format"));
+        }
+        // Phase 4: write checks (the body they judge is read first).
+        let new_body = match plan.body_check {
+            Some(_) => Some(body.bytes(self.max_inspect_bytes).await?),
+            None => None,
+        };
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        let (checked, reason) = self
+            .write_phase(
+                &mut plan,
+                &fhir,
+                &grant,
+                &policies,
+                new_body,
+                content_type,
+                &client,
+                request_id,
+            )
+            .await?;
+        if let Some(reason) = reason {
+            rec.reason = reason.code.to_owned();
+            rec.scope = reason.scope;
+        }
         self.forward_plan(
             &parts.method,
             &parts.headers,
             plan,
+            checked,
             body,
             &grant,
             pass.as_ref(),
@@ -424,14 +463,64 @@ impl Gateway {
         }
     }
 
-    /// Phases 4–6 for one planned request: write checks, forward, filter.
+    /// Phase 4: the write checks of `plan`, if it has any ([`Self::check_write`]). Scopes
+    /// are a union: a write its checks refuse under one context is decided again without
+    /// that context's scopes, and goes ahead when another context grants it and its checks
+    /// pass (`plan` is then replaced, and the new decision's reason returned); otherwise the
+    /// first refusal stands.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_phase(
+        &self,
+        plan: &mut Plan,
+        fhir: &FhirRequest,
+        grant: &Grant,
+        policies: &PolicySet,
+        new_body: Option<Bytes>,
+        content_type: Option<&str>,
+        client: &ClientInfo,
+        request_id: &HeaderValue,
+    ) -> Phase<(Option<CheckedWrite>, Option<Reason>)> {
+        let mut tried: Option<Grant> = None;
+        let mut first_refusal = None;
+        let mut reason = None;
+        while let Some(view) = plan.precheck.as_ref().or(plan.body_check.as_ref()) {
+            let context = view.context;
+            let g = tried.as_ref().unwrap_or(grant);
+            match self
+                .check_write(plan, new_body.clone(), content_type, g, client, request_id)
+                .await
+            {
+                Ok(c) => return Ok((Some(c), reason)),
+                Err(refused) if refused.decision == "deny" => {
+                    let refusal = first_refusal.take().unwrap_or(refused);
+                    let mut rest = g.clone();
+                    rest.scopes.retain(|s| s.context != context);
+                    let mut note = crate::policy::PolicyNote::default();
+                    let again = policies.decide(&rest, fhir, &mut note);
+                    let Outcome::Forward(next) = again.outcome else {
+                        return Err(refusal);
+                    };
+                    first_refusal = Some(refusal);
+                    *plan = next;
+                    reason = Some(again.reason);
+                    tried = Some(rest);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((None, reason))
+    }
+
+    /// Phases 5–6 for one planned request (its write, if checked, in `checked`): forward,
+    /// filter.
     #[allow(clippy::too_many_arguments)]
     async fn forward_plan(
         &self,
         client_method: &Method,
         headers: &HeaderMap,
         plan: Plan,
-        mut body: ReqBody,
+        checked: Option<CheckedWrite>,
+        body: ReqBody,
         grant: &Grant,
         pass: Option<&ResponsePass<'_>>,
         client: &ClientInfo,
@@ -448,53 +537,36 @@ impl Gateway {
             true => filter_headers(headers),
             false => headers.clone(),
         };
-        if inspected && wants_xml(headers, &plan.request) {
-            return Err(Early::new(
-                StatusCode::NOT_ACCEPTABLE,
-                "not-supported",
-                "this response must be checked before it leaves, which needs JSON: ask for application/fhir+json",
-            )
-            .decision("deny", "format"));
-        }
-        // Phase 4: write checks. Nothing is sent until the current version and the new
-        // content are judged; the write goes out pinned to the version judged.
-        let (request, upstream_body) = if plan.precheck.is_some() || plan.body_check.is_some() {
-            let new_body = match plan.body_check {
-                Some(_) => Some(body.bytes(self.max_inspect_bytes).await?),
-                None => None,
-            };
-            let content_type = headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok());
-            let checked = self
-                .check_write(&plan, new_body, content_type, grant, client, request_id)
-                .await?;
-            if let Some(version) = &checked.if_match {
-                let etag = format!("W/\"{version}\"");
-                if let Some(sent) = headers.get(header::IF_MATCH)
-                    && sent.as_bytes() != etag.as_bytes()
-                {
-                    return Err(Early::new(
-                        StatusCode::PRECONDITION_FAILED,
-                        "conflict",
-                        "If-Match does not match the current version",
-                    )
-                    .decision("deny", "version-conflict"));
+        // A checked write goes out as checked: pinned to the version judged, with the
+        // body judged (the write-check phase read it).
+        let (request, upstream_body) = match checked {
+            Some(checked) => {
+                if let Some(version) = &checked.if_match {
+                    let etag = format!("W/\"{version}\"");
+                    if let Some(sent) = headers.get(header::IF_MATCH)
+                        && sent.as_bytes() != etag.as_bytes()
+                    {
+                        return Err(Early::new(
+                            StatusCode::PRECONDITION_FAILED,
+                            "conflict",
+                            "If-Match does not match the current version",
+                        )
+                        .decision("deny", "version-conflict"));
+                    }
+                    if let Ok(v) = HeaderValue::from_str(&etag) {
+                        out_headers.insert(header::IF_MATCH, v);
+                    }
                 }
-                if let Ok(v) = HeaderValue::from_str(&etag) {
-                    out_headers.insert(header::IF_MATCH, v);
-                }
+                let upstream_body = match checked.body {
+                    Some(b) => body::full(b),
+                    None => body::empty(),
+                };
+                (checked.request, upstream_body)
             }
-            let upstream_body = match checked.body {
-                Some(b) => body::full(b),
-                None => body::empty(),
-            };
-            (checked.request, upstream_body)
-        } else {
-            (
+            None => (
                 plan.request.clone(),
                 body.into_proxy_body(self.max_body_bytes),
-            )
+            ),
         };
         if let Some(criteria) = request.if_none_exist()
             && let Ok(v) = HeaderValue::from_str(&criteria)
