@@ -9,38 +9,19 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use common::{Proxy, Resp, TokenReq, bed, enc, entry_ids, http};
+use common::{Proxy, Resp, TokenReq, bed, enc, entry_ids, upstream_create};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------------------
 
-/// One smartgate for the whole binary. A static is never dropped, so a small watchdog
-/// kills the proxy when this test process exits (it outlives us on purpose: no wait).
-#[allow(clippy::zombie_processes)]
+/// One smartgate for the whole binary.
 fn px() -> &'static Proxy {
-    static P: OnceLock<Proxy> = OnceLock::new();
-    P.get_or_init(|| {
-        let p = Proxy::start("");
-        let script = format!(
-            "while kill -0 {me} 2>/dev/null; do sleep 1; done; kill {child} 2>/dev/null",
-            me = std::process::id(),
-            child = p.pid()
-        );
-        Command::new("sh")
-            .args(["-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("proxy watchdog");
-        p
-    })
+    common::shared_proxy()
 }
 
 /// hfs keeps its data in one in-memory SQLite database whose table lock makes concurrent
@@ -69,19 +50,7 @@ fn system_token() -> String {
 
 /// The upstream, asked directly (no proxy): what would leak.
 fn up(method: &str, rel: &str, body: &[u8]) -> Resp {
-    let headers: &[(&str, &str)] = if body.is_empty() {
-        &[]
-    } else {
-        &[("Content-Type", "application/fhir+json")]
-    };
-    http::send(
-        &bed().addr_of("FHIR_BASE"),
-        method,
-        &format!("/{rel}"),
-        headers,
-        body,
-    )
-    .expect("upstream")
+    common::upstream(method, rel, body)
 }
 
 fn up_ids(rel: &str) -> Vec<String> {
@@ -285,23 +254,6 @@ fn upstream_by_identifier(ident: &str) -> Vec<Value> {
         .into_iter()
         .map(|e| e["resource"].clone())
         .collect()
-}
-
-/// Creates a resource upstream directly (setup for another patient's data).
-fn upstream_create(resource: &Value) -> String {
-    let t = resource["resourceType"].as_str().unwrap();
-    let r = up("POST", t, resource.to_string().as_bytes());
-    assert_eq!(r.status, 201, "{}", r.text());
-    let loc = r.header("location").unwrap();
-    let id = loc
-        .trim_end_matches('/')
-        .split("/_history")
-        .next()
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap();
-    format!("{t}/{id}")
 }
 
 fn upstream_read(key: &str) -> Resp {

@@ -58,6 +58,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
+use common::rng::Rng;
 use common::{Proxy, Resp, TokenReq, bed, enc, http};
 use serde_json::{Value, json};
 
@@ -68,31 +69,6 @@ const PRACTITIONER: &str = "Practitioner/pr-01";
 /// Failure kinds counted in the summary.
 const UNAUTHORIZED: &str = "UNAUTHORIZED CHANGE";
 const FALSE_REFUSAL: &str = "FALSE REFUSAL";
-
-// ---------------------------------------------------------------------------------------
-// PRNG
-
-/// splitmix64: tiny, deterministic, good enough to drive a grammar.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
-        &xs[self.below(xs.len())]
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // Grants

@@ -10,36 +10,18 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard};
 
-use common::{Proxy, Resp, TokenReq, bed, enc, http};
+use common::{Proxy, Resp, TokenReq, enc, upstream_create};
 use serde_json::{Value, json};
 
 const A: &str = "pt-06";
 const B: &str = "pt-07";
 const CAT: &str = "http://terminology.hl7.org/CodeSystem/observation-category";
 
-#[allow(clippy::zombie_processes)]
 fn px() -> &'static Proxy {
-    static P: OnceLock<Proxy> = OnceLock::new();
-    P.get_or_init(|| {
-        let p = Proxy::start("");
-        let script = format!(
-            "while kill -0 {me} 2>/dev/null; do sleep 1; done; kill {child} 2>/dev/null",
-            me = std::process::id(),
-            child = p.pid()
-        );
-        Command::new("sh")
-            .args(["-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("proxy watchdog");
-        p
-    })
+    common::shared_proxy()
 }
 
 fn serial() -> MutexGuard<'static, ()> {
@@ -68,19 +50,7 @@ fn system_token(scope: &str) -> String {
 
 /// The upstream, asked directly (no proxy).
 fn up(method: &str, rel: &str, body: &[u8]) -> Resp {
-    let headers: &[(&str, &str)] = if body.is_empty() {
-        &[]
-    } else {
-        &[("Content-Type", "application/fhir+json")]
-    };
-    http::send(
-        &bed().addr_of("FHIR_BASE"),
-        method,
-        &format!("/{rel}"),
-        headers,
-        body,
-    )
-    .expect("upstream")
+    common::upstream(method, rel, body)
 }
 
 fn fresh(tag: &str) -> String {
@@ -101,22 +71,6 @@ fn observation(patient: &str, category: &str, ident: &str) -> Value {
         "code": {"text": "writes"},
         "subject": {"reference": format!("Patient/{patient}")}
     })
-}
-
-/// Creates a resource upstream directly; its `Type/id`.
-fn upstream_create(resource: &Value) -> String {
-    let t = resource["resourceType"].as_str().unwrap();
-    let r = up("POST", t, resource.to_string().as_bytes());
-    assert_eq!(r.status, 201, "{}", r.text());
-    let loc = r.header("location").unwrap();
-    let id = loc
-        .split("/_history")
-        .next()
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap();
-    format!("{t}/{id}")
 }
 
 fn upstream_read(key: &str) -> Resp {
@@ -194,6 +148,27 @@ fn snapshot(key: &str) -> (u16, Value) {
         r.json()
     };
     (r.status, body)
+}
+
+/// POSTs a fresh Observation; asserts the status, and that it exists upstream exactly
+/// when it was created.
+fn create(token: &str, patient: &str, category: &str, want: u16) -> Resp {
+    let ident = fresh("create");
+    let r = send(
+        "POST",
+        "Observation",
+        token,
+        &observation(patient, category, &ident),
+    );
+    assert_eq!(r.status, want, "{}", r.text());
+    let created = usize::from(r.status == 201);
+    assert_eq!(
+        upstream_by_identifier(&ident).len(),
+        created,
+        "{}",
+        r.text()
+    );
+    r
 }
 
 fn with_id(mut v: Value, key: &str) -> Value {
@@ -391,24 +366,9 @@ fn granular_user_and_system_writes_are_checked_without_a_compartment() {
     let _s = serial();
     let scope = format!("user/Observation.cu?category={CAT}|laboratory");
     let t = user_token(&scope);
-    let ident = fresh("user-v");
-    let r = send(
-        "POST",
-        "Observation",
-        &t,
-        &observation(B, "vital-signs", &ident),
-    );
+    let r = create(&t, B, "vital-signs", 403);
     assert_refused(&r, 403, &scope, "user vital");
-    assert!(upstream_by_identifier(&ident).is_empty());
-    let ident = fresh("user-l");
-    let r = send(
-        "POST",
-        "Observation",
-        &t,
-        &observation(B, "laboratory", &ident),
-    );
-    assert_eq!(r.status, 201, "{}", r.text());
-    assert_eq!(upstream_by_identifier(&ident).len(), 1);
+    create(&t, B, "laboratory", 201);
 
     let scope = format!("system/Observation.u?category={CAT}|laboratory");
     let t = system_token(&scope);
@@ -564,15 +524,7 @@ fn each_letter_alone_allows_exactly_its_own_write() {
 fn patient_scopes_without_a_launch_patient_write_nothing() {
     let _s = serial();
     let t = px().token("patient/Observation.cud", None);
-    let ident = fresh("nopat");
-    let r = send(
-        "POST",
-        "Observation",
-        &t,
-        &observation(A, "laboratory", &ident),
-    );
-    assert_eq!(r.status, 403, "{}", r.text());
-    assert!(upstream_by_identifier(&ident).is_empty());
+    create(&t, A, "laboratory", 403);
     let key = upstream_create(&observation(A, "laboratory", &fresh("nopat-u")));
     let before = snapshot(&key);
     let r = px().req("DELETE", &key, &t, &[], b"");
@@ -602,69 +554,50 @@ fn checked_writes_inside_transactions_and_batches() {
         e
     };
     // One entry updates B's: the whole transaction is refused, nothing applied.
-    let tx = |entries: Vec<Value>, kind: &str| json!({"resourceType": "Bundle", "type": kind, "entry": entries});
-    let r = send(
-        "POST",
-        "",
-        &t,
-        &tx(
-            vec![
-                entry("PUT", &key, Some(amended.clone())),
-                entry(
-                    "POST",
-                    "Observation",
-                    Some(observation(A, "vital-signs", &ident_new)),
-                ),
-                entry(
-                    "PUT",
-                    &key_b,
-                    Some(with_id(observation(A, "vital-signs", "x"), &key_b)),
-                ),
-            ],
-            "transaction",
-        ),
+    let post = |resource: Value| entry("POST", "Observation", Some(resource));
+    let bundle = |entries: Vec<Value>, kind: &str| {
+        send(
+            "POST",
+            "",
+            &t,
+            &json!({"resourceType": "Bundle", "type": kind, "entry": entries}),
+        )
+    };
+    let r = bundle(
+        vec![
+            entry("PUT", &key, Some(amended.clone())),
+            post(observation(A, "vital-signs", &ident_new)),
+            entry(
+                "PUT",
+                &key_b,
+                Some(with_id(observation(A, "vital-signs", "x"), &key_b)),
+            ),
+        ],
+        "transaction",
     );
     assert_eq!(r.status, 404, "{}", r.text());
     assert_eq!(upstream_read(&key).json()["meta"]["versionId"], "1");
     assert!(upstream_by_identifier(&ident_new).is_empty());
     assert_eq!(snapshot(&key_b), b0);
     // A lab create under the vital-signs scope: refused whole too.
-    let r = send(
-        "POST",
-        "",
-        &t,
-        &tx(
-            vec![
-                entry("PUT", &key, Some(amended.clone())),
-                entry(
-                    "POST",
-                    "Observation",
-                    Some(observation(A, "laboratory", &ident_lab)),
-                ),
-            ],
-            "transaction",
-        ),
+    let r = bundle(
+        vec![
+            entry("PUT", &key, Some(amended.clone())),
+            post(observation(A, "laboratory", &ident_lab)),
+        ],
+        "transaction",
     );
     assert_eq!(r.status, 403, "{}", r.text());
     assert!(upstream_by_identifier(&ident_lab).is_empty());
     assert_eq!(upstream_read(&key).json()["meta"]["versionId"], "1");
     // Everything inside the grant: applied, update pinned to its version.
-    let r = send(
-        "POST",
-        "",
-        &t,
-        &tx(
-            vec![
-                entry("PUT", &key, Some(amended.clone())),
-                entry(
-                    "POST",
-                    "Observation",
-                    Some(observation(A, "vital-signs", &ident_new)),
-                ),
-                entry("DELETE", &key_d, None),
-            ],
-            "transaction",
-        ),
+    let r = bundle(
+        vec![
+            entry("PUT", &key, Some(amended.clone())),
+            post(observation(A, "vital-signs", &ident_new)),
+            entry("DELETE", &key_d, None),
+        ],
+        "transaction",
     );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(upstream_read(&key).json()["status"], "amended");
@@ -679,30 +612,21 @@ fn checked_writes_inside_transactions_and_batches() {
         assert!(e.get("resource").is_none(), "no read scope: {e}");
     }
     // A batch: each entry on its own; B's refused, A's applied.
-    let r = send(
-        "POST",
-        "",
-        &t,
-        &tx(
-            vec![
-                entry(
-                    "PUT",
-                    &key_b,
-                    Some(with_id(observation(A, "vital-signs", "x"), &key_b)),
-                ),
-                entry(
-                    "POST",
-                    "Observation",
-                    Some(observation(A, "laboratory", &ident_lab)),
-                ),
-                entry(
-                    "POST",
-                    "Observation",
-                    Some(observation(A, "vital-signs", &fresh("batch"))),
-                ),
-            ],
-            "batch",
-        ),
+    let r = bundle(
+        vec![
+            entry(
+                "PUT",
+                &key_b,
+                Some(with_id(observation(A, "vital-signs", "x"), &key_b)),
+            ),
+            post(observation(A, "laboratory", &ident_lab)),
+            entry(
+                "POST",
+                "Observation",
+                Some(observation(A, "vital-signs", &fresh("batch"))),
+            ),
+        ],
+        "batch",
     );
     assert_eq!(r.status, 200, "{}", r.text());
     let statuses: Vec<String> = r.json()["entry"]
@@ -727,33 +651,9 @@ fn scopes_are_a_union_for_writes_too() {
         fhir_user: Some("Practitioner/pr-01"),
         ..Default::default()
     });
-    let ident = fresh("union-lab-b");
-    let r = send(
-        "POST",
-        "Observation",
-        &t,
-        &observation(B, "laboratory", &ident),
-    );
-    assert_eq!(r.status, 201, "{}", r.text());
-    assert_eq!(upstream_by_identifier(&ident).len(), 1);
+    create(&t, B, "laboratory", 201);
     // Neither context grants a vital-signs Observation of B: the first refusal stands.
-    let ident = fresh("union-vital-b");
-    let r = send(
-        "POST",
-        "Observation",
-        &t,
-        &observation(B, "vital-signs", &ident),
-    );
-    assert_eq!(r.status, 403, "{}", r.text());
-    assert!(upstream_by_identifier(&ident).is_empty());
+    create(&t, B, "vital-signs", 403);
     // patient/ grants A's own of any category.
-    let ident = fresh("union-vital-a");
-    let r = send(
-        "POST",
-        "Observation",
-        &t,
-        &observation(A, "vital-signs", &ident),
-    );
-    assert_eq!(r.status, 201, "{}", r.text());
-    assert_eq!(upstream_by_identifier(&ident).len(), 1);
+    create(&t, A, "vital-signs", 201);
 }

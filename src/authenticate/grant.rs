@@ -42,6 +42,23 @@ pub struct Grant {
 }
 
 impl Grant {
+    /// A JWT grant of `scopes` for unit tests, with `patient` as the launch patient.
+    #[cfg(test)]
+    pub(crate) fn for_tests(scopes: &str, patient: Option<&str>) -> Grant {
+        Grant {
+            issuer: None,
+            subject: None,
+            client_id: None,
+            fhir_user: None,
+            patient: patient.map(str::to_owned),
+            encounter: None,
+            expires_at: 0,
+            scopes: ScopeSet::parse(scopes),
+            kind: TokenKind::Jwt,
+            token_hash: [0; 32],
+        }
+    }
+
     /// The resource type of `fhirUser` (`Practitioner`, `Patient`, `RelatedPerson`, …).
     pub fn fhir_user_type(&self) -> Option<ResourceType> {
         let user = self.fhir_user.as_deref()?;

@@ -1,6 +1,5 @@
 use super::*;
-use crate::authenticate::TokenKind;
-use crate::scope::{Letter, ScopeSet};
+use crate::scope::Letter;
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -8,18 +7,7 @@ const UP: &str = "http://upstream:8080/fhir";
 const PUB: &str = "https://gw.example/r4";
 
 fn grant(scopes: &str, patient: Option<&str>) -> Grant {
-    Grant {
-        issuer: None,
-        subject: None,
-        client_id: None,
-        fhir_user: None,
-        patient: patient.map(str::to_owned),
-        encounter: None,
-        expires_at: 0,
-        scopes: ScopeSet::parse(scopes),
-        kind: TokenKind::Jwt,
-        token_hash: [0; 32],
-    }
+    Grant::for_tests(scopes, patient)
 }
 
 fn pview(letter: Letter) -> View {

@@ -2,28 +2,16 @@
 //! content, no sockets.
 
 use super::*;
-use crate::authenticate::TokenKind;
 use crate::authorize::NonMemberAccess;
 use crate::classify::{Interaction, classify_entry};
-use crate::scope::{Letter, ScopeSet};
+use crate::scope::Letter;
 use http::Method;
 use serde_json::json;
 
 const CAT: &str = "http://terminology.hl7.org/CodeSystem/observation-category";
 
 fn grant(scopes: &str, patient: Option<&str>) -> Grant {
-    Grant {
-        issuer: None,
-        subject: None,
-        client_id: None,
-        fhir_user: None,
-        patient: patient.map(str::to_owned),
-        encounter: None,
-        expires_at: 0,
-        scopes: ScopeSet::parse(scopes),
-        kind: TokenKind::Jwt,
-        token_hash: [0; 32],
-    }
+    Grant::for_tests(scopes, patient)
 }
 
 fn ctx() -> FilterContext {
@@ -40,6 +28,31 @@ fn view(context: Context, letter: Letter) -> View {
         context,
         patient: (context == Context::Patient).then(|| "A".to_owned()),
         letter,
+    }
+}
+
+/// A grant (launch patient A), a view and compartment facts to judge writes with.
+struct Fixture {
+    grant: Grant,
+    view: View,
+    ctx: FilterContext,
+}
+
+impl Fixture {
+    fn new(scopes: &str, context: Context, letter: Letter) -> Self {
+        Fixture {
+            grant: grant(scopes, Some("A")),
+            view: view(context, letter),
+            ctx: ctx(),
+        }
+    }
+
+    fn judge(&self) -> Judge<'_> {
+        Judge {
+            view: &self.view,
+            grant: &self.grant,
+            ctx: &self.ctx,
+        }
     }
 }
 
@@ -143,14 +156,8 @@ fn create_is_judged_by_the_c_scope_parameters() {
 #[test]
 fn refusals_name_the_scope_that_fell_short() {
     let scope = format!("patient/Observation.c?category={CAT}|vital-signs");
-    let g = grant(&scope, Some("A"));
-    let v = view(Context::Patient, Letter::C);
-    let c = ctx();
-    let j = Judge {
-        view: &v,
-        grant: &g,
-        ctx: &c,
-    };
+    let f = Fixture::new(&scope, Context::Patient, Letter::C);
+    let j = f.judge();
     let e = j
         .new_content(
             &obs("1", "A", "laboratory"),
@@ -261,14 +268,8 @@ fn body_must_match_the_url() {
 
 #[test]
 fn patient_resources_under_patient_scopes() {
-    let g = grant("patient/Patient.u", Some("A"));
-    let v = view(Context::Patient, Letter::U);
-    let c = ctx();
-    let j = Judge {
-        view: &v,
-        grant: &g,
-        ctx: &c,
-    };
+    let f = Fixture::new("patient/Patient.u", Context::Patient, Letter::U);
+    let j = f.judge();
     let a = json!({"resourceType": "Patient", "id": "A", "active": true});
     let b = json!({"resourceType": "Patient", "id": "B"});
     assert!(j.current(&a, ResourceType::PATIENT).is_ok());
@@ -289,14 +290,8 @@ fn patient_resources_under_patient_scopes() {
 #[test]
 fn delete_is_judged_by_the_d_scope() {
     let lab = format!("patient/Observation.d?category={CAT}|laboratory");
-    let g = grant(&lab, Some("A"));
-    let v = view(Context::Patient, Letter::D);
-    let c = ctx();
-    let j = Judge {
-        view: &v,
-        grant: &g,
-        ctx: &c,
-    };
+    let f = Fixture::new(&lab, Context::Patient, Letter::D);
+    let j = f.judge();
     let t = ResourceType::OBSERVATION;
     assert!(j.current(&obs("1", "A", "laboratory"), t).is_ok());
     assert!(matches!(
@@ -346,14 +341,8 @@ fn json_patch_is_applied_and_judged_as_a_result() {
     assert_eq!(patched["category"][0]["coding"][0]["code"], "vital-signs");
     let to_b = br#"[{"op":"replace","path":"/subject/reference","value":"Patient/B"}]"#;
     let moved = apply_patch(cur.clone(), to_b, ct).unwrap();
-    let g = grant("patient/Observation.u", Some("A"));
-    let v = view(Context::Patient, Letter::U);
-    let c = ctx();
-    let j = Judge {
-        view: &v,
-        grant: &g,
-        ctx: &c,
-    };
+    let f = Fixture::new("patient/Observation.u", Context::Patient, Letter::U);
+    let j = f.judge();
     let r = req(Method::PATCH, "Observation/1");
     assert_eq!(
         j.new_content(&moved, &r, None).unwrap_err(),

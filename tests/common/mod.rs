@@ -6,6 +6,7 @@
 pub mod faulty;
 pub mod http;
 pub mod keys;
+pub mod rng;
 pub mod server;
 
 use std::collections::HashMap;
@@ -395,4 +396,60 @@ pub fn entry_ids(bundle: &serde_json::Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The FHIR server, asked directly (no proxy): what would leak, and the ground truth a
+/// write test compares with.
+pub fn upstream(method: &str, rel: &str, body: &[u8]) -> Resp {
+    let headers: &[(&str, &str)] = if body.is_empty() {
+        &[]
+    } else {
+        &[("Content-Type", "application/fhir+json")]
+    };
+    http::send(
+        &bed().addr_of("FHIR_BASE"),
+        method,
+        &format!("/{rel}"),
+        headers,
+        body,
+    )
+    .expect("upstream")
+}
+
+/// One smartgate (default configuration) for the whole test binary. A static is never
+/// dropped, so a small watchdog kills the proxy when the test process exits.
+#[allow(clippy::zombie_processes)]
+pub fn shared_proxy() -> &'static Proxy {
+    static P: OnceLock<Proxy> = OnceLock::new();
+    P.get_or_init(|| {
+        let p = Proxy::start("");
+        let script = format!(
+            "while kill -0 {me} 2>/dev/null; do sleep 1; done; kill {child} 2>/dev/null",
+            me = std::process::id(),
+            child = p.pid()
+        );
+        Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("proxy watchdog");
+        p
+    })
+}
+
+/// Creates a resource directly on the FHIR server (a test's own fixture); its `Type/id`.
+pub fn upstream_create(resource: &serde_json::Value) -> String {
+    let t = resource["resourceType"].as_str().expect("resourceType");
+    let r = upstream("POST", t, resource.to_string().as_bytes());
+    assert_eq!(r.status, 201, "{}", r.text());
+    let loc = r.header("location").expect("Location");
+    let id = loc
+        .trim_end_matches('/')
+        .split("/_history")
+        .next()
+        .and_then(|l| l.rsplit('/').next())
+        .expect("an id in Location");
+    format!("{t}/{id}")
 }
