@@ -62,6 +62,9 @@ pub struct Decision {
 }
 
 /// Forward (with a plan) or reject.
+// One Decision is made per request (or Bundle entry) and moved along, never stored in
+// bulk: boxing the plan would add an allocation to every request for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// Send the plan's request upstream.
