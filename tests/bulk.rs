@@ -540,3 +540,26 @@ fn any_replica_serves_the_poll() {
     let on_c = url.replace(&a.addr, &c.addr);
     assert_eq!(at(&c, "GET", &on_c, &tok_c).unwrap().status, 404);
 }
+
+/// A kick-off inside a batch would skip the parameter checks and the URL binding: refused.
+#[test]
+fn no_export_inside_a_batch() {
+    let p = proxy();
+    let tok = token_a(&p, "system/*.rs");
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "$export?_type=Patient"}},
+        {"request": {"method": "GET", "url": format!("Group/{}/$export", group())}}
+    ]});
+    let r = p.req(
+        "POST",
+        "",
+        &tok,
+        &[ASYNC, ACCEPT, ("Content-Type", "application/fhir+json")],
+        batch.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let b = r.json();
+    for e in b["entry"].as_array().unwrap() {
+        assert_eq!(e["response"]["status"], "403 Forbidden", "{b}");
+    }
+}
