@@ -37,8 +37,10 @@ smart:
   revocation_endpoint: $AS_REVOKE
 audit:
   output: $root/.testbed/audit.log
-# Opens Bulk Data export (\$export) for backend services, and keeps \$everything.
+# The operation allow-list (\$everything, and Bulk Data \$export at system, Patient and Group
+# level for backend services) and the bulk example's rules.
 policies:
+  - $root/policies/examples/operations.yaml
   - $root/policies/examples/bulk-export.yaml
 YAML
 target/release/smartgate check --config .testbed/smartgate-demo.yaml

@@ -22,16 +22,19 @@ fn example(name: &str) -> PathBuf {
     common::repo_root().join("policies/examples").join(name)
 }
 
-/// A proxy with the bulk-export example policy (or another example).
-fn proxy_with(policy: &str, extra: &str) -> Proxy {
-    Proxy::start(&format!(
-        "policies:\n  - {}\n{extra}",
-        example(policy).display()
-    ))
+/// A proxy with example policies.
+fn proxy_with(policies: &[&str], extra: &str) -> Proxy {
+    let list: String = policies
+        .iter()
+        .map(|p| format!("  - {}\n", example(p).display()))
+        .collect();
+    Proxy::start(&format!("policies:\n{list}{extra}"))
 }
 
+/// The demo's policies: the operation allow-list (which opens `$export`) and the bulk
+/// example.
 fn proxy() -> Proxy {
-    proxy_with("bulk-export.yaml", "")
+    proxy_with(&["operations.yaml", "bulk-export.yaml"], "")
 }
 
 /// A backend token of `test-client` (client A).
@@ -240,7 +243,7 @@ fn group_export_polls_to_a_manifest_and_files() {
 /// not on a Group instance.
 #[test]
 fn the_operations_example_opens_group_export() {
-    let p = proxy_with("operations.yaml", "");
+    let p = proxy_with(&["operations.yaml"], "");
     let tok = token_a(&p, "system/*.rs");
     let r = kickoff(
         &p,
@@ -526,8 +529,8 @@ fn any_replica_serves_the_poll() {
     let secret = dir.join("paging-secret");
     std::fs::write(&secret, "0123456789abcdef0123456789abcdef").unwrap();
     let extra = format!("paging:\n  secret_file: {}\n", secret.display());
-    let a = proxy_with("bulk-export.yaml", &extra);
-    let b = proxy_with("bulk-export.yaml", &extra);
+    let a = proxy_with(&["operations.yaml", "bulk-export.yaml"], &extra);
+    let b = proxy_with(&["operations.yaml", "bulk-export.yaml"], &extra);
     let tok = token_a(&a, "system/*.rs");
     let url = status_url(&a, &kickoff(&a, "$export?_type=Patient", &tok));
     let on_b = url.replace(&a.addr, &b.addr);
