@@ -37,6 +37,11 @@ smart:
   revocation_endpoint: $AS_REVOKE
 audit:
   output: $root/.testbed/audit.log
+# The operation allow-list (\$everything, and Bulk Data \$export at system, Patient and Group
+# level for backend services) and the bulk example's rules.
+policies:
+  - $root/policies/examples/operations.yaml
+  - $root/policies/examples/bulk-export.yaml
 YAML
 target/release/smartgate check --config .testbed/smartgate-demo.yaml
 target/release/smartgate serve --config .testbed/smartgate-demo.yaml 2> .testbed/smartgate.log &
@@ -68,6 +73,11 @@ curl -s -H "Authorization: Bearer \$TOKEN" "$base/Observation?_count=5&_include=
 # no token at all (401), and SMART discovery (no token needed)
 curl -si $base/Observation | head -5
 curl -s $base/.well-known/smart-configuration
+
+# Bulk Data export as a backend service (system/ scopes, client_credentials): kick-off,
+# then poll the signed status URL until the manifest; see README "Backend services"
+BULK=\$(scripts/mint-token.sh --scope 'system/Patient.rs system/Observation.rs')
+curl -si -H "Authorization: Bearer \$BULK" -H 'Prefer: respond-async' "$base/Patient/\\\$export" | grep -i content-location
 
 # mint more tokens: scripts/mint-token.sh --scope 'patient/*.rs launch/patient' --patient pt-03 [--opaque]
 # (run "source .testbed/env; export SMARTGATE_BASE=$base" first)

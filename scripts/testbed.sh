@@ -101,7 +101,10 @@ start_hfs() {
   cp -f "$SEARCH_PARAMS" "$data/search-parameters-r4.json"
   for _ in 1 2 3; do
     port="$(free_port)"
-    (cd "$data" && HFS_UI_ENABLED=false exec setsid "$HFS_BIN" --port "$port" --host 127.0.0.1 \
+    # Bulk Data export ($export): hfs keeps its jobs' NDJSON files under
+    # HFS_BULK_EXPORT_OUTPUT_DIR (hfs's `--export-dir` is the SQL-on-FHIR sink, not this).
+    mkdir -p "$DIR/exports"
+    (cd "$data" && HFS_UI_ENABLED=false HFS_BULK_EXPORT_OUTPUT_DIR="$DIR/exports" exec setsid "$HFS_BIN" --port "$port" --host 127.0.0.1 \
         --database-url :memory: --data-dir "$data" --base-url "http://127.0.0.1:$port" --log-level warn \
         >"$DIR/hfs.log" 2>&1 </dev/null) &
     echo $! > "$DIR/hfs.pid"

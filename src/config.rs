@@ -202,8 +202,9 @@ pub struct CompartmentConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PagingConfig {
-    /// File with the HMAC key binding paging links to a token (share it across replicas).
-    /// Without one a random key is made at start, so links only work on this replica.
+    /// File with the HMAC key binding paging links to a token, and Bulk Data status and
+    /// file URLs to their job's owner (share it across replicas). Without one a random key
+    /// is made at start, so links only work on this replica.
     #[serde(default)]
     pub secret_file: Option<PathBuf>,
 }

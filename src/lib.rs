@@ -32,6 +32,7 @@ pub mod audit;
 pub mod authenticate;
 pub mod authorize;
 pub mod body;
+pub mod bulk;
 pub mod classify;
 pub mod compartment;
 pub mod config;

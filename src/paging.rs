@@ -77,6 +77,23 @@ impl PagingKey {
         }
     }
 
+    /// An HMAC (128 bits, hex) over length-prefixed `parts` with this key: for other
+    /// stateless bindings that must work across the same replicas (bulk export URLs,
+    /// `crate::bulk`), which put a domain label of their own first.
+    pub fn mac_parts(&self, parts: &[&[u8]]) -> String {
+        let mut ctx = hmac::Context::with_key(&self.key);
+        for part in parts {
+            ctx.update(&(part.len() as u64).to_be_bytes());
+            ctx.update(part);
+        }
+        ctx.sign()
+            .as_ref()
+            .iter()
+            .take(16)
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     fn mac(&self, target: &str, grant: &Grant, tag: &str) -> String {
         let mut ctx = hmac::Context::with_key(&self.key);
         for part in [

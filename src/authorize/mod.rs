@@ -397,6 +397,9 @@ fn operation_need<'r>(req: &FhirRequest, rules: &'r Rules) -> Result<Need<'r>, D
     };
     let types = match (op.name.as_str(), type_list(req)?) {
         ("export", Some(list)) => list,
+        // Without `_type` an export holds every type, whatever it is invoked on
+        // (`Group/1/$export` is not a read of the Group).
+        ("export", None) => Types::Wildcard,
         _ => types,
     };
     let view_letter = if rule.letters.contains(&Letter::S) {

@@ -303,6 +303,12 @@ impl Gateway {
             .map(str::to_owned);
         let fhir = classify::classify_entry(&method, &url, ine.as_deref())
             .map_err(|e| forbidden(&e.to_string()))?;
+        // A bulk kick-off is judged and its status URL bound only on its own (proxy/bulk.rs).
+        if fhir.operation.as_ref().is_some_and(|o| o.name == "export") {
+            return Err(forbidden(
+                "$export must be sent on its own with Prefer: respond-async, not in a Bundle",
+            ));
+        }
         let decision = policies.decide(grant, &fhir, &mut rec.policy);
         let mut plan = match decision.outcome {
             Outcome::Forward(plan) => plan,

@@ -44,6 +44,7 @@ use crate::scope::Letter;
 use crate::telemetry;
 use crate::write::{self, Judge, WriteDenied};
 
+mod bulk;
 mod bundle;
 mod public;
 
@@ -278,6 +279,25 @@ impl Gateway {
         rec.scopes = grant.scopes.data().iter().map(|s| s.raw.clone()).collect();
         let pass = policies.response_pass(&grant);
         let mut body = ReqBody::Streaming(incoming);
+
+        // Bulk Data: signed status/file URLs (not in classify's URL space) and `$export`
+        // kick-offs, judged and answered in `bulk.rs`.
+        if let Some(resp) = self
+            .bulk(
+                &parts,
+                &rel,
+                query.as_deref(),
+                &grant,
+                &policies,
+                &mut body,
+                &client,
+                request_id,
+                rec,
+            )
+            .await?
+        {
+            return Ok(resp);
+        }
 
         // POST to the base (batch/transaction) and POST …/_search need their body to be
         // classified; every other body keeps streaming unless a write check needs it.

@@ -12,7 +12,7 @@ fn every_shipped_policy_loads() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
     let examples = load_paths(&[root.join("examples")], &Rules::default());
     let examples = examples.unwrap_or_else(|e| panic!("{e:?}"));
-    assert_eq!(examples.policies.len(), 8);
+    assert_eq!(examples.policies.len(), 9);
     assert!(examples.rules.operations.contains_key("lastn"));
     let default = load_paths(&[root.join("default.yaml")], &Rules::default()).unwrap();
     assert_eq!(default.rules.operations.len(), 1);
