@@ -180,7 +180,7 @@ pub async fn build(
         policy,
         filter,
         paging,
-        audit,
+        audit: Arc::new(audit),
         metrics: metrics.clone(),
         discovery,
         cors: Cors::new(&cfg.cors),

@@ -519,6 +519,13 @@ fn a_forbidden_line_breaks_the_download() {
     assert_eq!(at(&p, "GET", &obs, &tok).unwrap().status, 200);
     let log = std::fs::read_to_string(p.dir.join("stderr.log")).unwrap_or_default();
     assert!(log.contains("line-type-not-granted"), "{log}");
+    // The abort has an audit line of its own (the request's line left with the head).
+    let aborted = p
+        .audit_lines()
+        .into_iter()
+        .find(|l| l["reason"] == "line-type-not-granted")
+        .expect("an audit line for the aborted file");
+    assert_eq!(aborted["decision"], "deny", "{aborted}");
 }
 
 /// Stateless binding: another replica sharing `paging.secret_file` serves the poll.

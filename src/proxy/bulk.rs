@@ -28,7 +28,7 @@ use http::{Method, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 
 use super::{Early, Gateway, Phase, ReqBody, classify_error, collect, not_found, upstream_error};
-use crate::audit::Record;
+use crate::audit::{AuditLog, Record};
 use crate::authenticate::Grant;
 use crate::body::{self, BodyError, ProxyBody};
 use crate::bulk::{self, Kind, LineError, LineSplitter, LineVerdict, Verified};
@@ -503,6 +503,7 @@ impl Gateway {
                 .is_some()
                 .then(|| policies.clone()),
             request_id: request_id.to_str().unwrap_or_default().to_owned(),
+            audit: (self.audit.clone(), rec.path.clone()),
             done: false,
         };
         let mut out = Response::new(body::stream(checked));
@@ -562,6 +563,9 @@ struct NdjsonBody {
     /// (hidden lines are left out, redacted ones rewritten).
     policies: Option<Arc<PolicySet>>,
     request_id: String,
+    /// The audit trail and the request's (loggable) path: an aborted file gets an audit
+    /// line of its own, since the request's line was written when the head left.
+    audit: (Arc<AuditLog>, String),
     done: bool,
 }
 
@@ -602,6 +606,20 @@ impl NdjsonBody {
             client_id = self.grant.client_id.as_deref().unwrap_or(""),
             "bulk export file aborted: a line may not leave"
         );
+        let (audit, path) = &self.audit;
+        audit.write(&Record {
+            time: super::now_rfc3339(),
+            request_id: self.request_id.clone(),
+            client_id: self.grant.client_id.clone(),
+            sub: self.grant.subject.clone(),
+            method: "GET".into(),
+            path: path.clone(),
+            interaction: Some("bulk"),
+            decision: "deny",
+            reason: e.code().into(),
+            detail: format!("bulk export file aborted: {e}"),
+            ..Record::default()
+        });
         Poll::Ready(Some(Err(Box::new(e))))
     }
 }

@@ -64,7 +64,7 @@ pub struct Gateway {
     /// Binds paging links to the token that started a search.
     pub paging: PagingKey,
     /// The audit trail.
-    pub audit: AuditLog,
+    pub audit: Arc<AuditLog>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// The SMART configuration document (None when `smart:` is not configured).
