@@ -101,6 +101,13 @@ pub struct UpstreamConfig {
     /// Private key (PEM) of `client_cert_file`.
     #[serde(default)]
     pub client_key_file: Option<PathBuf>,
+    /// Send narrowed searches (pinned to the launch patient or narrowed by granular
+    /// scopes) with `Prefer: handling=strict`. R4 lets a server silently ignore a search
+    /// parameter it does not support unless asked to be strict; ignoring the narrowing
+    /// turns a pinned search into a scan of every patient (the filter still keeps the data
+    /// safe). On by default; off only for servers that refuse the header.
+    #[serde(default = "default_true")]
+    pub strict_narrowing: bool,
 }
 
 /// `metadata:`
@@ -288,6 +295,9 @@ fn default_pool_idle() -> HumanDuration {
 }
 fn default_upstream_connections() -> usize {
     256
+}
+fn default_true() -> bool {
+    true
 }
 fn default_grace() -> HumanDuration {
     secs(30)

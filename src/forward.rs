@@ -332,6 +332,30 @@ fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// Asks the upstream to refuse search parameters it does not support instead of
+/// ignoring them (`Prefer: handling=strict`, FHIR R4 search §3.1.1.4), so a narrowing it
+/// cannot apply fails loudly rather than turning into a scan of every patient. The
+/// client's other preferences (`return=…`, `respond-async`) are kept; a `handling`
+/// preference of its own is replaced, since the narrowing is the proxy's, not the app's.
+pub fn prefer_strict(headers: &mut HeaderMap) {
+    let mut kept: Vec<String> = headers
+        .get_all(header::HeaderName::from_static("prefer"))
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| {
+            let name = p.split(['=', ';']).next().unwrap_or("").trim();
+            !p.is_empty() && !name.eq_ignore_ascii_case("handling")
+        })
+        .map(str::to_owned)
+        .collect();
+    kept.push("handling=strict".to_owned());
+    let value = HeaderValue::from_str(&kept.join(", "))
+        .unwrap_or(HeaderValue::from_static("handling=strict"));
+    headers.insert(header::HeaderName::from_static("prefer"), value);
+}
+
 /// Copies headers except the stripped ones and any named in `Connection`.
 fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap, stripped: &[&str]) {
     let named_by_connection: Vec<String> = from
@@ -386,6 +410,25 @@ mod tests {
         copy_end_to_end(&h, &mut out, STRIPPED_REQUEST);
         assert_eq!(out.len(), 1);
         assert!(out.contains_key("accept"));
+    }
+
+    #[test]
+    fn prefer_strict_keeps_other_preferences_and_replaces_handling() {
+        let mut h = HeaderMap::new();
+        prefer_strict(&mut h);
+        assert_eq!(h["prefer"], "handling=strict");
+        let mut h = HeaderMap::new();
+        h.append(
+            "prefer",
+            HeaderValue::from_static("return=minimal, handling=lenient"),
+        );
+        h.append("prefer", HeaderValue::from_static("respond-async"));
+        prefer_strict(&mut h);
+        assert_eq!(h.get_all("prefer").iter().count(), 1);
+        assert_eq!(
+            h["prefer"],
+            "return=minimal, respond-async, handling=strict"
+        );
     }
 
     #[test]

@@ -188,6 +188,7 @@ pub async fn build(
         prune_metadata: cfg.metadata.prune,
         max_inspect_bytes: cfg.limits.max_inspect_bytes,
         max_body_bytes: cfg.limits.max_body_bytes,
+        strict_narrowing: cfg.upstream.strict_narrowing,
     });
     let admin = Arc::new(Admin {
         metrics,
