@@ -62,6 +62,8 @@ pub struct Decision {
 }
 
 /// Forward (with a plan) or reject.
+// One Outcome per request, moved once: boxing the plan would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// Send the plan's request upstream.
