@@ -20,6 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use crate::body::ProxyBody;
 use crate::config::BaseUrl;
+use crate::credentials::{Credentials, CredentialsError};
 use crate::listen::PerWorker;
 use crate::net::HttpClient;
 
@@ -83,7 +84,7 @@ pub struct Upstream {
     /// Requests waiting for a slot, over all pools (only touched when one has to wait).
     waiting: AtomicUsize,
     timeout: Duration,
-    credentials: Option<HeaderValue>,
+    credentials: Credentials,
 }
 
 /// One worker's upstream connections.
@@ -107,17 +108,20 @@ pub enum UpstreamError {
     BadRequest(String),
     /// The client's streamed body went past `limits.max_body_bytes` while being sent: 413.
     BodyTooLarge,
+    /// No credentials for the upstream could be had (`upstream.auth`): 502, and nothing
+    /// was sent.
+    Credentials(CredentialsError),
 }
 
 impl Upstream {
-    /// `credentials` is a complete `Authorization` value from `upstream.auth`, if any;
+    /// `credentials` (from `upstream.auth`) go on every request [`Self::send`] sends;
     /// `max_connections` is split evenly over the pools (at least one slot each).
     pub fn new(
         base: BaseUrl,
         clients: PerWorker<HttpClient>,
         max_connections: usize,
         timeout: Duration,
-        credentials: Option<HeaderValue>,
+        credentials: Credentials,
     ) -> Self {
         let per_pool = max_connections.div_ceil(clients.workers().max(1)).max(1);
         let pools = clients.map(|client| Pool {
@@ -185,15 +189,37 @@ impl Upstream {
             headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
         }
         headers.insert(HeaderName::from_static("x-request-id"), request_id.clone());
-        if let Some(cred) = &self.credentials {
-            headers.insert(header::AUTHORIZATION, cred.clone());
-        }
         Ok(req)
     }
 
-    /// Sends `req`; a free connection slot and then the response head must arrive within
-    /// the configured timeout. The body streams afterwards, holding the slot.
+    /// Sends `req` with the proxy's upstream credentials (the one place they are added, so
+    /// no request leaves without them: if they cannot be had, nothing is sent); a free
+    /// connection slot and then the response head must arrive within the configured
+    /// timeout. The body streams afterwards, holding the slot. Getting a token is bounded
+    /// by its own timeout, not this one: a slow token endpoint is not a slow FHIR server.
     pub async fn send(
+        &self,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let used = self
+            .credentials
+            .header()
+            .await
+            .map_err(UpstreamError::Credentials)?;
+        if let Some(value) = &used {
+            req.headers_mut()
+                .insert(header::AUTHORIZATION, value.clone());
+        }
+        let resp = self.send_as_is(req).await;
+        if let (Ok(r), Some(value)) = (&resp, &used)
+            && r.status() == http::StatusCode::UNAUTHORIZED
+        {
+            self.credentials.rejected(value);
+        }
+        resp
+    }
+
+    async fn send_as_is(
         &self,
         req: Request<ProxyBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {

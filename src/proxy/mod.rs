@@ -1344,6 +1344,15 @@ fn upstream_error(e: UpstreamError) -> Early {
             .decision("error", "upstream-unavailable")
         }
         UpstreamError::BodyTooLarge => body_too_large(),
+        UpstreamError::Credentials(why) => {
+            tracing::warn!(error = %why, "no upstream credentials: request not forwarded");
+            Early::new(
+                StatusCode::BAD_GATEWAY,
+                "transient",
+                "the proxy could not obtain credentials for the FHIR server",
+            )
+            .decision("error", "upstream-credentials")
+        }
         UpstreamError::BadRequest(why) => Early::new(
             StatusCode::BAD_REQUEST,
             "invalid",
