@@ -91,6 +91,8 @@ CASES=(
   "standalone-existing-secret|--set existingSecret=my-smartgate-secrets --set hpa.enabled=false --set replicaCount=3 --set networkPolicy.enabled=true"
   "sidecar-defaults|--set mode=sidecar"
   "standalone-introspection-policies|--set secrets.create=true --set-string secrets.introspectionClientSecret=s3cret --set-string config.auth.introspection.endpoint=https://as.example.org/token/introspection --set-string config.auth.introspection.client_id=smartgate --set-string policies.research\\.yaml=#placeholder --set rollOnPolicyChange=true"
+  "standalone-client-credentials|--set secrets.create=true --set-string secrets.upstreamClientSecret=s3cret --set-string config.upstream.auth.type=client_credentials --set-string config.upstream.auth.token_url=https://as.example.org/token --set-string config.upstream.auth.client_id=smartgate --set-string config.upstream.auth.scope=system/*.rs --set config.upstream.strict_narrowing=false"
+  "standalone-private-key-jwt|--set secrets.create=true --set-string secrets.upstreamPrivateKey=placeholder --set-string config.upstream.auth.type=client_credentials --set-string config.upstream.auth.token_url=https://as.example.org/token --set-string config.upstream.auth.client_id=smartgate --set-string config.upstream.auth.client_auth=private_key_jwt"
   "sidecar-all|--set mode=sidecar --set hpa.enabled=true --set pdb.enabled=true --set serviceMonitor.enabled=true --set networkPolicy.enabled=true --set secrets.create=true --set-string secrets.pagingKey=0123456789abcdef0123456789abcdef"
 )
 
@@ -184,6 +186,7 @@ BAD=(
   "mode=bogus|--set mode=bogus|mode must be standalone or sidecar"
   "drain longer than terminationGracePeriodSeconds|--set terminationGracePeriodSeconds=30|terminationGracePeriodSeconds (30) must exceed"
   "policy file name with a slash|--set-string policies.a/b=x|may only use letters"
+  "client credentials without their secret|--set secrets.create=true --set-string config.upstream.auth.type=client_credentials --set-string config.upstream.auth.token_url=https://as/t --set-string config.upstream.auth.client_id=c|give secrets.upstreamClientSecret"
   "introspection without its secret|--set secrets.create=true --set-string config.auth.introspection.endpoint=https://as/i --set-string config.auth.introspection.client_id=c|give secrets.introspectionClientSecret"
 )
 for bad in "${BAD[@]}"; do

@@ -101,6 +101,13 @@ pub struct UpstreamConfig {
     /// Private key (PEM) of `client_cert_file`.
     #[serde(default)]
     pub client_key_file: Option<PathBuf>,
+    /// Send narrowed searches (pinned to the launch patient or narrowed by granular
+    /// scopes) with `Prefer: handling=strict`. R4 lets a server silently ignore a search
+    /// parameter it does not support unless asked to be strict; ignoring the narrowing
+    /// turns a pinned search into a scan of every patient (the filter still keeps the data
+    /// safe). On by default; off only for servers that refuse the header.
+    #[serde(default = "default_true")]
+    pub strict_narrowing: bool,
 }
 
 /// `metadata:`
@@ -144,6 +151,125 @@ pub enum UpstreamAuth {
         /// File holding the password.
         password_file: PathBuf,
     },
+    /// `Authorization: Bearer <token>` with a token of the proxy's own, from an OAuth 2.0
+    /// token endpoint (client credentials grant, RFC 6749 §4.4), cached and refreshed
+    /// ahead of expiry (see [`crate::credentials`]). Boxed: it is much larger than the rest.
+    ClientCredentials(Box<ClientCredentialsConfig>),
+}
+
+/// `upstream.auth` with `type: client_credentials`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCredentialsConfig {
+    /// The token endpoint.
+    pub token_url: String,
+    /// The proxy's client id at the authorization server.
+    pub client_id: String,
+    /// `scope` asked for (space-separated), if the server wants one.
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// `audience` parameter (Auth0, Okta and others name the API with it).
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// `resource` parameter (RFC 8707; Azure AD v1 and others).
+    #[serde(default)]
+    pub resource: Option<String>,
+    /// How the proxy authenticates to the token endpoint.
+    #[serde(default)]
+    pub client_auth: TokenClientAuth,
+    /// File holding the client secret (`client_secret_basic`, `client_secret_post`).
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// PEM private key signing the client assertion (`private_key_jwt`).
+    #[serde(default)]
+    pub private_key_file: Option<PathBuf>,
+    /// Signature algorithm of the client assertion: RS256 (default) or ES256.
+    #[serde(default)]
+    pub signing_alg: AssertionAlg,
+    /// `kid` put in the client assertion's header, for servers that hold several keys.
+    #[serde(default)]
+    pub kid: Option<String>,
+    /// Bound on one token request (connect, answer and body).
+    #[serde(default = "default_token_timeout")]
+    pub timeout: HumanDuration,
+}
+
+/// Client authentication at the token endpoint (the RFC 7591 method names).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenClientAuth {
+    /// HTTP Basic with the form-encoded id and secret (the default).
+    #[default]
+    ClientSecretBasic,
+    /// `client_id` and `client_secret` in the form body.
+    ClientSecretPost,
+    /// A JWT signed with the proxy's private key (RFC 7523, as SMART Backend Services).
+    PrivateKeyJwt,
+}
+
+/// The client assertion's signature algorithm.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum AssertionAlg {
+    /// RSASSA-PKCS1-v1_5 with SHA-256 (an RSA key).
+    #[default]
+    RS256,
+    /// ECDSA P-256 with SHA-256 (an EC key).
+    ES256,
+}
+
+impl ClientCredentialsConfig {
+    /// `(key, problem)` for each problem: the token URL, and exactly the secret or key the
+    /// client authentication method needs.
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if !is_absolute_http_url(&self.token_url) || self.token_url.parse::<http::Uri>().is_err() {
+            out.push((
+                "token_url".into(),
+                format!("`{}` must be an absolute http(s) URL", self.token_url),
+            ));
+        }
+        if self.client_id.is_empty() {
+            out.push(("client_id".into(), "must not be empty".into()));
+        }
+        let (secret, key) = (
+            self.client_secret_file.is_some(),
+            self.private_key_file.is_some(),
+        );
+        match self.client_auth {
+            TokenClientAuth::ClientSecretBasic | TokenClientAuth::ClientSecretPost => {
+                if !secret {
+                    out.push((
+                        "client_secret_file".into(),
+                        "is needed with client_secret_basic and client_secret_post".into(),
+                    ));
+                }
+                if key {
+                    out.push((
+                        "private_key_file".into(),
+                        "goes only with client_auth: private_key_jwt".into(),
+                    ));
+                }
+            }
+            TokenClientAuth::PrivateKeyJwt => {
+                if !key {
+                    out.push((
+                        "private_key_file".into(),
+                        "is needed with client_auth: private_key_jwt".into(),
+                    ));
+                }
+                if secret {
+                    out.push((
+                        "client_secret_file".into(),
+                        "does not go with client_auth: private_key_jwt".into(),
+                    ));
+                }
+            }
+        }
+        if self.timeout.0.is_zero() {
+            out.push(("timeout".into(), "must be more than 0s".into()));
+        }
+        out
+    }
 }
 
 /// `smart:` — the SMART configuration document served at `.well-known/smart-configuration`.
@@ -290,6 +416,12 @@ fn default_pool_idle() -> HumanDuration {
 fn default_upstream_connections() -> usize {
     256
 }
+fn default_token_timeout() -> HumanDuration {
+    secs(10)
+}
+fn default_true() -> bool {
+    true
+}
 fn default_grace() -> HumanDuration {
     secs(30)
 }
@@ -423,6 +555,11 @@ impl Config {
                 false => format!("telemetry.{key}"),
             };
             out.push((key, problem));
+        }
+        if let UpstreamAuth::ClientCredentials(cc) = &self.upstream.auth {
+            for (key, problem) in cc.validate() {
+                out.push((format!("upstream.auth.{key}"), problem));
+            }
         }
         if self.upstream.client_cert_file.is_some() != self.upstream.client_key_file.is_some() {
             out.push((
@@ -614,6 +751,46 @@ mod tests {
             errs[0]
         );
         assert!(Config::parse(MINIMAL, Path::new("c.yaml")).is_ok());
+    }
+
+    #[test]
+    fn client_credentials_parse_and_are_checked() {
+        let text = format!(
+            "{MINIMAL}  auth:\n    type: client_credentials\n    token_url: https://as.example/token\n    client_id: smartgate\n    client_auth: private_key_jwt\n    private_key_file: /k.pem\n    signing_alg: ES256\n    kid: k1\n    scope: system/*.rs\n    audience: https://fhir.example\n"
+        );
+        let c = Config::parse(&text, Path::new("c.yaml")).unwrap();
+        let UpstreamAuth::ClientCredentials(cc) = &c.upstream.auth else {
+            panic!("{:?}", c.upstream.auth)
+        };
+        assert_eq!(cc.client_auth, TokenClientAuth::PrivateKeyJwt);
+        assert_eq!(cc.signing_alg, AssertionAlg::ES256);
+        assert_eq!(cc.timeout.0.as_secs(), 10);
+        assert!(c.upstream.strict_narrowing, "on by default");
+
+        // A secret method without a secret, a key it does not use, a relative token URL.
+        let bad = text
+            .replace(
+                "client_auth: private_key_jwt",
+                "client_auth: client_secret_post",
+            )
+            .replace("https://as.example/token", "/token");
+        let errs = Config::parse(&bad, Path::new("c.yaml")).unwrap_err();
+        let shown: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errs.len(), 3, "{shown:?}");
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.starts_with("c.yaml:9:5: upstream.auth.token_url")),
+            "{shown:?}"
+        );
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.contains("upstream.auth.client_secret_file: is needed")),
+            "{shown:?}"
+        );
+        let unknown = text.replace("kid: k1", "kidd: k1");
+        assert!(Config::parse(&unknown, Path::new("c.yaml")).is_err());
     }
 
     #[test]

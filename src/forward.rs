@@ -20,6 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use crate::body::ProxyBody;
 use crate::config::BaseUrl;
+use crate::credentials::{Credentials, CredentialsError};
 use crate::listen::PerWorker;
 use crate::net::HttpClient;
 
@@ -83,7 +84,7 @@ pub struct Upstream {
     /// Requests waiting for a slot, over all pools (only touched when one has to wait).
     waiting: AtomicUsize,
     timeout: Duration,
-    credentials: Option<HeaderValue>,
+    credentials: Credentials,
 }
 
 /// One worker's upstream connections.
@@ -107,17 +108,20 @@ pub enum UpstreamError {
     BadRequest(String),
     /// The client's streamed body went past `limits.max_body_bytes` while being sent: 413.
     BodyTooLarge,
+    /// No credentials for the upstream could be had (`upstream.auth`): 502, and nothing
+    /// was sent.
+    Credentials(CredentialsError),
 }
 
 impl Upstream {
-    /// `credentials` is a complete `Authorization` value from `upstream.auth`, if any;
+    /// `credentials` (from `upstream.auth`) go on every request [`Self::send`] sends;
     /// `max_connections` is split evenly over the pools (at least one slot each).
     pub fn new(
         base: BaseUrl,
         clients: PerWorker<HttpClient>,
         max_connections: usize,
         timeout: Duration,
-        credentials: Option<HeaderValue>,
+        credentials: Credentials,
     ) -> Self {
         let per_pool = max_connections.div_ceil(clients.workers().max(1)).max(1);
         let pools = clients.map(|client| Pool {
@@ -185,15 +189,37 @@ impl Upstream {
             headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
         }
         headers.insert(HeaderName::from_static("x-request-id"), request_id.clone());
-        if let Some(cred) = &self.credentials {
-            headers.insert(header::AUTHORIZATION, cred.clone());
-        }
         Ok(req)
     }
 
-    /// Sends `req`; a free connection slot and then the response head must arrive within
-    /// the configured timeout. The body streams afterwards, holding the slot.
+    /// Sends `req` with the proxy's upstream credentials (the one place they are added, so
+    /// no request leaves without them: if they cannot be had, nothing is sent); a free
+    /// connection slot and then the response head must arrive within the configured
+    /// timeout. The body streams afterwards, holding the slot. Getting a token is bounded
+    /// by its own timeout, not this one: a slow token endpoint is not a slow FHIR server.
     pub async fn send(
+        &self,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let used = self
+            .credentials
+            .header()
+            .await
+            .map_err(UpstreamError::Credentials)?;
+        if let Some(value) = &used {
+            req.headers_mut()
+                .insert(header::AUTHORIZATION, value.clone());
+        }
+        let resp = self.send_as_is(req).await;
+        if let (Ok(r), Some(value)) = (&resp, &used)
+            && r.status() == http::StatusCode::UNAUTHORIZED
+        {
+            self.credentials.rejected(value);
+        }
+        resp
+    }
+
+    async fn send_as_is(
         &self,
         req: Request<ProxyBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
@@ -332,6 +358,30 @@ fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// Asks the upstream to refuse search parameters it does not support instead of
+/// ignoring them (`Prefer: handling=strict`, FHIR R4 search §3.1.1.4), so a narrowing it
+/// cannot apply fails loudly rather than turning into a scan of every patient. The
+/// client's other preferences (`return=…`, `respond-async`) are kept; a `handling`
+/// preference of its own is replaced, since the narrowing is the proxy's, not the app's.
+pub fn prefer_strict(headers: &mut HeaderMap) {
+    let mut kept: Vec<String> = headers
+        .get_all(header::HeaderName::from_static("prefer"))
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| {
+            let name = p.split(['=', ';']).next().unwrap_or("").trim();
+            !p.is_empty() && !name.eq_ignore_ascii_case("handling")
+        })
+        .map(str::to_owned)
+        .collect();
+    kept.push("handling=strict".to_owned());
+    let value = HeaderValue::from_str(&kept.join(", "))
+        .unwrap_or(HeaderValue::from_static("handling=strict"));
+    headers.insert(header::HeaderName::from_static("prefer"), value);
+}
+
 /// Copies headers except the stripped ones and any named in `Connection`.
 fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap, stripped: &[&str]) {
     let named_by_connection: Vec<String> = from
@@ -386,6 +436,25 @@ mod tests {
         copy_end_to_end(&h, &mut out, STRIPPED_REQUEST);
         assert_eq!(out.len(), 1);
         assert!(out.contains_key("accept"));
+    }
+
+    #[test]
+    fn prefer_strict_keeps_other_preferences_and_replaces_handling() {
+        let mut h = HeaderMap::new();
+        prefer_strict(&mut h);
+        assert_eq!(h["prefer"], "handling=strict");
+        let mut h = HeaderMap::new();
+        h.append(
+            "prefer",
+            HeaderValue::from_static("return=minimal, handling=lenient"),
+        );
+        h.append("prefer", HeaderValue::from_static("respond-async"));
+        prefer_strict(&mut h);
+        assert_eq!(h.get_all("prefer").iter().count(), 1);
+        assert_eq!(
+            h["prefer"],
+            "return=minimal, respond-async, handling=strict"
+        );
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub mod classify;
 pub mod compartment;
 pub mod config;
 pub mod cors;
+pub mod credentials;
 pub mod discovery;
 pub mod duration;
 pub mod fhir;

@@ -2,8 +2,10 @@
 //! by construction: decisions, interactions and resource types come from closed sets,
 //! never from client-controlled strings.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -14,6 +16,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::authenticate::Authenticator;
+use crate::fhir::ResourceType;
 
 /// Labels of `smartgate_requests_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -34,6 +37,17 @@ pub struct ResultLabels {
     /// `ok`, `error`, or an `AuthError::code`.
     pub result: &'static str,
 }
+
+/// A single `resource_type` label: an R4 resource type name (a closed set).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabels {
+    /// R4 resource type.
+    pub resource_type: &'static str,
+}
+
+/// How often the "server ignores the narrowing" warning may be logged per resource type:
+/// often enough to be seen, rarely enough not to flood the log on every search.
+pub const IGNORED_NARROWING_WARN_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Every metric the proxy exports.
 pub struct Metrics {
@@ -56,6 +70,11 @@ pub struct Metrics {
     pub tls_reloads: Family<ResultLabels, Counter>,
     /// CapabilityStatement answers from the cache and from the upstream.
     pub metadata_cache: Family<ResultLabels, Counter>,
+    /// Entries a narrowed search returned although the narrowing excluded them, by type:
+    /// the upstream ignores a parameter the proxy relies on (see [`Self::ignored_narrowing`]).
+    pub upstream_ignored_narrowing: Family<TypeLabels, Counter>,
+    /// When the ignored-narrowing warning was last logged, by type.
+    narrowing_warned: Mutex<HashMap<ResourceType, Instant>>,
 }
 
 impl Default for Metrics {
@@ -118,6 +137,12 @@ impl Metrics {
             "CapabilityStatement answers by source (hit: cache, miss: upstream)",
             metadata_cache.clone(),
         );
+        let upstream_ignored_narrowing = Family::<TypeLabels, Counter>::default();
+        registry.register(
+            "upstream_ignored_narrowing",
+            "Entries of narrowed searches the upstream returned outside the narrowing (filtered out), by resource type",
+            upstream_ignored_narrowing.clone(),
+        );
         let build = Family::<Vec<(String, String)>, Gauge>::default();
         build
             .get_or_create(&vec![("version".into(), env!("CARGO_PKG_VERSION").into())])
@@ -134,6 +159,47 @@ impl Metrics {
             policy_reloads,
             tls_reloads,
             metadata_cache,
+            upstream_ignored_narrowing,
+            narrowing_warned: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts entries of a narrowed search that the upstream returned outside the
+    /// narrowing (the filter removed them), one per entry in `types`, and warns at most
+    /// once per type and [`IGNORED_NARROWING_WARN_INTERVAL`]: the data stayed safe, but the
+    /// server did a scan the narrowing should have spared it, and the app got short pages.
+    pub fn ignored_narrowing(&self, types: &[ResourceType]) {
+        for t in types {
+            self.upstream_ignored_narrowing
+                .get_or_create(&TypeLabels {
+                    resource_type: t.name(),
+                })
+                .inc();
+        }
+        let now = Instant::now();
+        let mut warned = match self.narrowing_warned.lock() {
+            Ok(w) => w,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut seen: Vec<ResourceType> = Vec::new();
+        for &t in types {
+            if seen.contains(&t) {
+                continue;
+            }
+            seen.push(t);
+            let due = warned
+                .get(&t)
+                .is_none_or(|last| now.duration_since(*last) >= IGNORED_NARROWING_WARN_INTERVAL);
+            if due {
+                warned.insert(t, now);
+                let count = types.iter().filter(|x| **x == t).count();
+                tracing::warn!(
+                    resource_type = t.name(),
+                    entries = count,
+                    "the FHIR server returned {} entries outside a narrowed search: it ignores the patient/granular search parameter smartgate adds (they were filtered out; see smartgate_upstream_ignored_narrowing_total)",
+                    t.name()
+                );
+            }
         }
     }
 
@@ -298,5 +364,28 @@ mod tests {
         );
         assert!(text.contains("smartgate_build_info"));
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn ignored_narrowing_counts_per_type_and_warns_once_per_interval() {
+        let m = Metrics::new();
+        let obs = ResourceType::OBSERVATION;
+        m.ignored_narrowing(&[obs, obs, ResourceType::PATIENT]);
+        m.ignored_narrowing(&[obs]);
+        let text = m.encode();
+        assert!(
+            text.contains(
+                "smartgate_upstream_ignored_narrowing_total{resource_type=\"Observation\"} 3"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "smartgate_upstream_ignored_narrowing_total{resource_type=\"Patient\"} 1"
+            ),
+            "{text}"
+        );
+        let warned = m.narrowing_warned.lock().unwrap();
+        assert_eq!(warned.len(), 2);
     }
 }

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use http::HeaderValue;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
@@ -11,7 +10,7 @@ use crate::admin::Admin;
 use crate::audit::AuditLog;
 use crate::authenticate::Authenticator;
 use crate::authorize::Rules;
-use crate::config::{Config, UpstreamAuth, parse_base_url};
+use crate::config::{Config, parse_base_url};
 use crate::cors::Cors;
 use crate::discovery::Discovery;
 use crate::filter::FilterContext;
@@ -123,7 +122,8 @@ pub async fn build(
     .map_err(|e| StartError::Config(format!("upstream client: {e}")))?;
     // Token checks share the other threads' pool: JWKS and introspection calls are rare.
     let client = clients.current().clone();
-    let credentials = upstream_credentials(&cfg.upstream.auth)?;
+    let credentials = crate::credentials::Credentials::new(&cfg.upstream.auth, client.clone())
+        .map_err(|e| StartError::Config(e.to_string()))?;
     let upstream = Arc::new(Upstream::new(
         upstream_base.clone(),
         clients,
@@ -188,6 +188,7 @@ pub async fn build(
         prune_metadata: cfg.metadata.prune,
         max_inspect_bytes: cfg.limits.max_inspect_bytes,
         max_body_bytes: cfg.limits.max_body_bytes,
+        strict_narrowing: cfg.upstream.strict_narrowing,
     });
     let admin = Arc::new(Admin {
         metrics,
@@ -209,56 +210,4 @@ fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, StartError> {
         s.pop();
     }
     Ok(s)
-}
-
-fn upstream_credentials(auth: &UpstreamAuth) -> Result<Option<HeaderValue>, StartError> {
-    let value = match auth {
-        UpstreamAuth::None => return Ok(None),
-        UpstreamAuth::Bearer { token_file } => {
-            let t = read_secret(token_file)?;
-            format!("Bearer {}", String::from_utf8_lossy(&t))
-        }
-        UpstreamAuth::Basic {
-            username,
-            password_file,
-        } => {
-            let p = read_secret(password_file)?;
-            let raw = format!("{username}:{}", String::from_utf8_lossy(&p));
-            format!("Basic {}", base64_standard(raw.as_bytes()))
-        }
-    };
-    HeaderValue::from_str(&value).map(Some).map_err(|_| {
-        StartError::Config("upstream.auth: the credential is not a valid header value".into())
-    })
-}
-
-fn base64_standard(input: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(T[(n >> (18 - 6 * i) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn base64() {
-        assert_eq!(super::base64_standard(b"user:pass"), "dXNlcjpwYXNz");
-        assert_eq!(super::base64_standard(b"a"), "YQ==");
-        assert_eq!(super::base64_standard(b"ab"), "YWI=");
-    }
 }

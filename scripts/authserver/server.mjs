@@ -10,7 +10,8 @@
 // - Grants: client_credentials, authorization_code + PKCE (auto-approved, launch context from the authorize params
 //   patient/fhirUser/encounter, default patient TESTBED_DEFAULT_PATIENT=pt-01 when launch/patient is asked), refresh.
 // - /token/introspection, /token/revocation, /jwks, /.well-known/openid-configuration.
-// - Test controls under /_testbed/: rotate, jwks and introspection failure modes, stats. Never part of a real AS.
+// - Test controls under /_testbed/: rotate, jwks and introspection failure modes, stats, the private keys of the
+//   private_key_jwt clients (client-keys). Never part of a real AS.
 import * as crypto from 'node:crypto';
 import * as http from 'node:http';
 import * as querystring from 'node:querystring';
@@ -140,6 +141,28 @@ const clients = [
     token_endpoint_auth_method: 'client_secret_post',
   },
 ];
+
+// Clients that authenticate with private_key_jwt (RFC 7523), as smartgate's upstream OAuth
+// client does: a key pair per algorithm, made at start; the public key is registered inline
+// (jwks), the private key is handed to tests by GET /_testbed/client-keys.
+const clientKeys = {};
+async function addJwtClient(clientId, alg) {
+  const { privateKey, publicKey } = await jose.generateKeyPair(alg, { extractable: true, ...(alg === 'RS256' ? { modulusLength: 2048 } : {}) });
+  const jwk = await jose.exportJWK(publicKey);
+  jwk.kid = `${clientId}-key`;
+  jwk.alg = alg;
+  jwk.use = 'sig';
+  clientKeys[alg] = { client_id: clientId, kid: jwk.kid, pem: await jose.exportPKCS8(privateKey) };
+  clients.push({
+    client_id: clientId,
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    token_endpoint_auth_method: 'private_key_jwt',
+    token_endpoint_auth_signing_alg: alg,
+    jwks: { keys: [jwk] },
+  });
+}
 
 /** The launch context + token options for the token being minted now (request params win over the grant's). */
 function tokenOptions(ctx, token) {
@@ -283,6 +306,7 @@ async function readBody(req) {
 async function testbedControl(req, res, url) {
   const path = url.pathname;
   if (req.method === 'GET' && path === '/_testbed/stats') return send(res, 200, { ...stats, jwks_mode: modes.jwks, introspection_mode: modes.introspection, kids: keys.map((k) => k.kid) });
+  if (req.method === 'GET' && path === '/_testbed/client-keys') return send(res, 200, clientKeys);
   if (req.method !== 'POST') return send(res, 405, { error: 'use POST' });
   if (path === '/_testbed/reset-stats') {
     stats.jwks_fetches = 0; stats.introspections = 0; stats.tokens = 0;
@@ -369,6 +393,8 @@ async function handle(req, res) {
 }
 
 keys = [await newKey('RSA'), await newKey('EC')];
+await addJwtClient('upstream-jwt-rs', 'RS256');
+await addJwtClient('upstream-jwt-es', 'ES256');
 buildProvider();
 const server = http.createServer((req, res) => {
   handle(req, res).catch((err) => {

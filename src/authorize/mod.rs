@@ -543,6 +543,13 @@ fn has_criteria(i: Interaction) -> bool {
         )
 }
 
+/// Whether a search of `t` under a `patient/` grant is pinned to the launch patient (a
+/// compartment member, or Device): entries of such a type that the filter removes from
+/// a patient's search are results the upstream returned despite the pin.
+pub fn is_pinned_type(t: ResourceType) -> bool {
+    narrow::is_member_like(t)
+}
+
 /// Adds the checks a write needs when the grant cannot write everything (see
 /// [`crate::write`]): the current version is read and judged first (update, patch, delete
 /// and their conditional forms, whose one match is resolved first), the new content is

@@ -120,6 +120,11 @@ pub struct FilteredBundle {
     pub removed: usize,
     /// Entries kept.
     pub kept: usize,
+    /// The resource type of every removed entry the search itself matched (`search.mode`
+    /// `match`, or no mode given): on a narrowed search these are results the server
+    /// returned although the narrowing excluded them. Removed `_include`d entries and
+    /// entries of types outside R4 are not listed.
+    pub removed_matches: Vec<ResourceType>,
 }
 
 /// Why a response body could not be judged (the caller answers 502: never pass it on).
@@ -367,6 +372,16 @@ pub fn filter_bundle(
     }
     let kept = keep.iter().filter(|k| **k).count();
     let removed = keep.len() - kept;
+    let mut removed_matches = Vec::new();
+    if removed > 0 {
+        let entries = bundle.0.iter().filter_map(|(_, v)| match v {
+            json::BundleValue::Entries(e) => Some(e),
+            json::BundleValue::Raw(_) => None,
+        });
+        for (entry, _) in entries.flatten().zip(&keep).filter(|(_, k)| !**k) {
+            removed_matches.extend(removed_match_type(entry));
+        }
+    }
     let mut out = Vec::with_capacity(body.len() + 1024);
     out.push(b'{');
     let mut first = true;
@@ -420,7 +435,23 @@ pub fn filter_bundle(
         body: out,
         removed,
         kept,
+        removed_matches,
     })
+}
+
+/// The resource type of a removed entry that the search matched: `search.mode` is `match`
+/// or absent (a server that omits it cannot be told apart from one that matched).
+fn removed_match_type(entry: &json::Entry<'_>) -> Option<ResourceType> {
+    if let Some(search) = entry.raw("search") {
+        let search = json::fields(search.get()).ok()?;
+        if let Some(mode) = search.get("mode")
+            && string_of(mode, "entry.search.mode").ok()? != "match"
+        {
+            return None;
+        }
+    }
+    let rtype = entry.resource()?.get("resourceType")?;
+    ResourceType::parse(&string_of(rtype, "resource.resourceType").ok()?)
 }
 
 /// One top-level value of the output Bundle.

@@ -79,6 +79,8 @@ pub struct Gateway {
     pub max_inspect_bytes: usize,
     /// Largest request body forwarded.
     pub max_body_bytes: u64,
+    /// Send narrowed searches with `Prefer: handling=strict` (`upstream.strict_narrowing`).
+    pub strict_narrowing: bool,
 }
 
 /// What a phase that ends the request hands back: the response and the audit facts.
@@ -354,12 +356,16 @@ impl Gateway {
                     body::empty(),
                 )
                 .map_err(upstream_error)?;
+            // The search this page continues was narrowed when it ran under a patient
+            // view; the page link itself is the server's, so it goes without `Prefer`.
+            let narrowed = view.patient.is_some();
             return self
                 .respond(
                     up,
                     &ResponseRule::Filter(view),
                     None,
                     false,
+                    narrowed,
                     &grant,
                     pass.as_ref(),
                     rec,
@@ -593,6 +599,10 @@ impl Gateway {
         {
             out_headers.insert(header::HeaderName::from_static("if-none-exist"), v);
         }
+        let narrowed = narrowed_search(&plan);
+        if narrowed && self.strict_narrowing {
+            forward::prefer_strict(&mut out_headers);
+        }
         let method = request.upstream_method(client_method);
         let target = request.upstream_target();
         let up = self
@@ -618,6 +628,7 @@ impl Gateway {
                 .map(Some)
                 .unwrap_or(None),
             empty_is_missing,
+            narrowed,
             grant,
             pass,
             rec,
@@ -811,7 +822,9 @@ impl Gateway {
             .map_err(|_| bad_upstream_body())
     }
 
-    /// Phase 5: send upstream and judge what comes back.
+    /// Phase 5: send upstream and judge what comes back. `narrowed`: the request is a
+    /// narrowed search ([`narrowed_search`]), whose removed matches are counted as
+    /// narrowing the upstream ignored.
     #[allow(clippy::too_many_arguments)]
     async fn respond(
         &self,
@@ -819,6 +832,7 @@ impl Gateway {
         rule: &ResponseRule,
         single: Option<crate::fhir::ResourceType>,
         empty_is_missing: bool,
+        narrowed: bool,
         grant: &Grant,
         pass: Option<&ResponsePass<'_>>,
         rec: &mut Record,
@@ -925,6 +939,9 @@ impl Gateway {
                 self.metrics
                     .filtered_entries
                     .inc_by(filtered.removed as u64);
+                if narrowed {
+                    self.count_ignored_narrowing(view, &filtered.removed_matches);
+                }
                 if empty_is_missing && filtered.kept == 0 {
                     return Err(not_found());
                 }
@@ -950,6 +967,26 @@ impl Gateway {
         *out.status_mut() = parts.status;
         *out.headers_mut() = headers;
         Ok(out)
+    }
+
+    /// Counts matches of a narrowed search that the filter removed: under a patient view
+    /// only types the search was pinned by (a Practitioner the non-member rule hides is
+    /// not a narrowing the server ignored), otherwise (granular narrowing) all of them.
+    fn count_ignored_narrowing(&self, view: &View, removed: &[crate::fhir::ResourceType]) {
+        if removed.is_empty() {
+            return;
+        }
+        let ignored: Vec<crate::fhir::ResourceType> = match view.patient {
+            Some(_) => removed
+                .iter()
+                .copied()
+                .filter(|t| crate::authorize::is_pinned_type(*t))
+                .collect(),
+            None => removed.to_vec(),
+        };
+        if !ignored.is_empty() {
+            self.metrics.ignored_narrowing(&ignored);
+        }
     }
 
     /// Phase 5 for a checked write that succeeded: status and headers (`Location`,
@@ -1180,6 +1217,20 @@ where
     }
 }
 
+/// A search whose results the proxy confined (pinned to the launch patient, or narrowed
+/// by granular scopes) and filters: the one kind of request whose upstream must not
+/// ignore a parameter. Searches that stream through unfiltered are not narrowed.
+fn narrowed_search(plan: &Plan) -> bool {
+    let search = matches!(
+        plan.request.interaction,
+        Interaction::SearchType | Interaction::SearchSystem | Interaction::SearchCompartment
+    );
+    match &plan.response {
+        ResponseRule::Filter(view) => search && (plan.narrowed || view.patient.is_some()),
+        ResponseRule::PassThrough | ResponseRule::Written(_) => false,
+    }
+}
+
 /// Reads, vreads, instance operations on one id: the response is one resource.
 fn single_resource(req: &FhirRequest) -> bool {
     matches!(
@@ -1313,6 +1364,15 @@ fn upstream_error(e: UpstreamError) -> Early {
             .decision("error", "upstream-unavailable")
         }
         UpstreamError::BodyTooLarge => body_too_large(),
+        UpstreamError::Credentials(why) => {
+            tracing::warn!(error = %why, "no upstream credentials: request not forwarded");
+            Early::new(
+                StatusCode::BAD_GATEWAY,
+                "transient",
+                "the proxy could not obtain credentials for the FHIR server",
+            )
+            .decision("error", "upstream-credentials")
+        }
         UpstreamError::BadRequest(why) => Early::new(
             StatusCode::BAD_REQUEST,
             "invalid",

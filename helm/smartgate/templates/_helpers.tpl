@@ -123,6 +123,16 @@ files, secret files). Rendered once for the ConfigMap and once for the checksum 
 {{- if and $intro .Values.secretKeys.introspectionClientSecret (not (hasKey $intro "client_secret_file")) (not (hasKey $intro "client_secret")) }}
 {{- $_ := set $intro "client_secret_file" (printf "%s/%s" $dir .Values.secretKeys.introspectionClientSecret) }}
 {{- end }}
+{{- $upAuth := dig "upstream" "auth" dict $cfg }}
+{{- if eq (toString (get $upAuth "type")) "client_credentials" }}
+{{- if eq (toString (get $upAuth "client_auth")) "private_key_jwt" }}
+{{- if and .Values.secretKeys.upstreamPrivateKey (not (hasKey $upAuth "private_key_file")) }}
+{{- $_ := set $upAuth "private_key_file" (printf "%s/%s" $dir .Values.secretKeys.upstreamPrivateKey) }}
+{{- end }}
+{{- else if and .Values.secretKeys.upstreamClientSecret (not (hasKey $upAuth "client_secret_file")) }}
+{{- $_ := set $upAuth "client_secret_file" (printf "%s/%s" $dir .Values.secretKeys.upstreamClientSecret) }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- toYaml $cfg }}
 {{- end }}
