@@ -95,22 +95,12 @@ impl PagingKey {
     }
 
     fn mac(&self, target: &str, grant: &Grant, tag: &str) -> String {
-        let mut ctx = hmac::Context::with_key(&self.key);
-        for part in [
+        self.mac_parts(&[
             target.as_bytes(),
             &grant.token_hash,
             grant.patient.as_deref().unwrap_or("").as_bytes(),
             tag.as_bytes(),
-        ] {
-            ctx.update(&(part.len() as u64).to_be_bytes());
-            ctx.update(part);
-        }
-        ctx.sign()
-            .as_ref()
-            .iter()
-            .take(16)
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        ])
     }
 }
 

@@ -247,18 +247,9 @@ impl Gateway {
             HeaderName::from_static("prefer"),
             HeaderValue::from_static("respond-async"),
         );
-        let up = self
-            .upstream
-            .request(
-                Method::GET,
-                &target,
-                &headers,
-                client,
-                request_id,
-                body::empty(),
-            )
-            .map_err(upstream_error)?;
-        let resp = self.send(up, rec).await?;
+        let resp = self
+            .get_upstream(&target, &headers, client, request_id, rec)
+            .await?;
         let status = resp.status();
         if status != StatusCode::ACCEPTED {
             return Err(upstream_refusal(
@@ -315,18 +306,9 @@ impl Gateway {
         rec.decision = "allow";
         let mut headers = HeaderMap::new();
         headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
-        let up = self
-            .upstream
-            .request(
-                Method::GET,
-                target,
-                &headers,
-                client,
-                request_id,
-                body::empty(),
-            )
-            .map_err(upstream_error)?;
-        let resp = self.send(up, rec).await?;
+        let resp = self
+            .get_upstream(target, &headers, client, request_id, rec)
+            .await?;
         let (head, incoming) = resp.into_parts();
         let mut out_headers = HeaderMap::new();
         for name in [
@@ -462,18 +444,9 @@ impl Gateway {
             header::ACCEPT_ENCODING,
             HeaderValue::from_static("identity"),
         );
-        let up = self
-            .upstream
-            .request(
-                Method::GET,
-                target,
-                &headers,
-                client,
-                request_id,
-                body::empty(),
-            )
-            .map_err(upstream_error)?;
-        let resp = self.send(up, rec).await?;
+        let resp = self
+            .get_upstream(target, &headers, client, request_id, rec)
+            .await?;
         let (head, incoming) = resp.into_parts();
         match head.status {
             StatusCode::OK => {}

@@ -1072,6 +1072,30 @@ impl Gateway {
         }
     }
 
+    /// A GET of the proxy's own upstream (`target` relative to its base), sent like
+    /// [`Self::send`].
+    async fn get_upstream(
+        &self,
+        target: &str,
+        headers: &HeaderMap,
+        client: &ClientInfo,
+        request_id: &HeaderValue,
+        rec: &mut Record,
+    ) -> Phase<Response<UpstreamBody>> {
+        let up = self
+            .upstream
+            .request(
+                Method::GET,
+                target,
+                headers,
+                client,
+                request_id,
+                body::empty(),
+            )
+            .map_err(upstream_error)?;
+        self.send(up, rec).await
+    }
+
     /// Sends a request upstream, timing it and noting its status for the audit line.
     async fn send(
         &self,

@@ -117,18 +117,15 @@ impl Gateway {
             return Ok(body);
         }
         cache("miss");
-        let up = self
-            .upstream
-            .request(
-                Method::GET,
+        let resp = self
+            .get_upstream(
                 "metadata",
                 &filter_headers(headers),
                 client,
                 request_id,
-                body::empty(),
+                rec,
             )
-            .map_err(upstream_error)?;
-        let resp = self.send(up, rec).await?;
+            .await?;
         let status = resp.status();
         let bytes = collect(resp.into_body(), self.max_inspect_bytes)
             .await
