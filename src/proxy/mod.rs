@@ -375,11 +375,7 @@ impl Gateway {
 
         let decision = policies.decide(&grant, &fhir, &mut rec.policy);
         let mut plan = self.decided(decision, rec)?;
-        let inspected = pass.is_some()
-            || matches!(
-                plan.response,
-                ResponseRule::Filter(_) | ResponseRule::Written(_)
-            );
+        let inspected = inspected(&plan.response, pass.as_ref());
         if inspected && wants_xml(&parts.headers, &plan.request) {
             return Err(Early::new(
                 StatusCode::NOT_ACCEPTABLE,
@@ -554,11 +550,7 @@ impl Gateway {
         rec: &mut Record,
     ) -> Phase<Response<ProxyBody>> {
         // Policy labels and redaction read the response too: JSON, like the filter.
-        let inspected = pass.is_some()
-            || matches!(
-                plan.response,
-                ResponseRule::Filter(_) | ResponseRule::Written(_)
-            );
+        let inspected = inspected(&plan.response, pass);
         let mut out_headers = match inspected {
             true => filter_headers(headers),
             false => headers.clone(),
@@ -697,6 +689,11 @@ impl Gateway {
                 }
                 None => return Err(write_denied(WriteDenied::CurrentHidden)),
             }
+        }
+        // A plan whose new content must be judged never goes out unjudged, even if a
+        // caller failed to read the body it needs.
+        if plan.body_check.is_some() && new_body.is_none() {
+            return Err(write_denied(WriteDenied::NotJson));
         }
         if let (Some(view), Some(bytes)) = (&plan.body_check, new_body) {
             let judge = Judge {
@@ -1268,6 +1265,12 @@ fn single_resource(req: &FhirRequest) -> bool {
             | Interaction::ConditionalUpdate
             | Interaction::ConditionalPatch
     )
+}
+
+/// Whether the response will be read before it leaves (filter, write result, or the
+/// client's label and redaction rules): it must then be asked for as JSON.
+fn inspected(rule: &ResponseRule, pass: Option<&ResponsePass<'_>>) -> bool {
+    pass.is_some() || matches!(rule, ResponseRule::Filter(_) | ResponseRule::Written(_))
 }
 
 /// Headers for a request whose response must be filtered: JSON, uncompressed.
